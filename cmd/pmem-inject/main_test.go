@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml")
+
+func inject(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err = run(append([]string{"pmem-inject"}, args...), strings.NewReader(""), &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+// documents decodes a multi-document stream into generic objects so
+// outputs are compared as objects, not bytes.
+func documents(t *testing.T, s string) []any {
+	t.Helper()
+	var out []any
+	for _, part := range strings.Split(s, "\n---\n") {
+		var v any
+		if err := yaml.Unmarshal([]byte(part), &v); err != nil {
+			t.Fatalf("output document does not parse: %v\n%s", err, part)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func TestInjectGolden(t *testing.T) {
+	stdout, stderr, err := inject(t, "-f", "testdata/multi.yaml", "--kmem-node-selector", "pmem.alibabacloud.com/kmem=true")
+	if err != nil {
+		t.Fatalf("pmem-inject failed: %v\n%s", err, stderr)
+	}
+	golden := filepath.Join("testdata", "multi.golden.yaml")
+	if *update {
+		if err := os.WriteFile(golden, []byte(stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := documents(t, stdout), documents(t, string(want)); !reflect.DeepEqual(got, want) {
+		t.Errorf("output differs from %s:\n%s", golden, cmp.Diff(want, got))
+	}
+	if !strings.HasPrefix(stdout, "# A config map passes through untouched") {
+		t.Errorf("untouched documents must be copied byte for byte, comments included")
+	}
+	for _, w := range []string{
+		"warning: Deployment misplaced (document 5): annotation pmem.alibabacloud.com/direct is on the Deployment's own metadata, where it has no effect; put it on spec.template.metadata.annotations",
+		"warning: StatefulSet cache (document 3): mode kmem: added nodeSelector",
+	} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, stderr)
+		}
+	}
+	if !strings.Contains(stdout, "futureField: kept") {
+		t.Error("a field unknown to the Go types was dropped")
+	}
+}
+
+func TestInjectRefusesInvalid(t *testing.T) {
+	stdout, _, err := inject(t, "-f", "testdata/invalid.yaml")
+	if err == nil {
+		t.Fatal("pmem-inject accepted invalid annotations")
+	}
+	if stdout != "" {
+		t.Errorf("wrote output despite errors:\n%s", stdout)
+	}
+	for _, w := range []string{
+		`Deployment typo (document 1): annotation pmem.alibabacloud.com/mode="devdax" is invalid: must be "fsdax" or "kmem"`,
+		`Pod nolimit (document 2): annotation pmem.alibabacloud.com/size is not set and container "redis" has no memory limit`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error lacks %q:\n%v", w, err)
+		}
+	}
+}
+
+// The examples the README shows: the annotated one is injected, the plain
+// one comes back unchanged.
+func TestExamples(t *testing.T) {
+	stdout, _, err := inject(t, "-f", "../../deploy/examples/redis-pmem.yaml")
+	if err != nil || !strings.Contains(stdout, "name: pmem-memkind-init") || !strings.Contains(stdout, "storageClassName: csi-pmem-direct") {
+		t.Errorf("redis-pmem.yaml not injected (err %v):\n%s", err, stdout)
+	}
+	stdout, _, err = inject(t, "-f", "../../deploy/examples/redis-dram.yaml")
+	want, _ := os.ReadFile("../../deploy/examples/redis-dram.yaml")
+	if err != nil || stdout != string(want) {
+		t.Errorf("redis-dram.yaml changed (err %v):\n%s", err, stdout)
+	}
+}
+
+func TestKubectlPlugin(t *testing.T) {
+	var out, errOut bytes.Buffer
+	in, err := os.Open("../../deploy/examples/redis-pmem.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := run([]string{"/usr/local/bin/kubectl-pmem", "inject"}, in, &out, &errOut); err != nil {
+		t.Fatalf("kubectl pmem inject (stdin): %v", err)
+	}
+	if !strings.Contains(out.String(), "pmem.alibabacloud.com/status: injected") {
+		t.Errorf("plugin output not injected:\n%s", out.String())
+	}
+	err = run([]string{"kubectl-pmem", "version"}, io.LimitReader(nil, 0), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "usage: kubectl pmem inject") {
+		t.Errorf("unknown subcommand: %v", err)
+	}
+}
+
+func TestInjectBadYAML(t *testing.T) {
+	var out bytes.Buffer
+	err := run([]string{"pmem-inject"}, strings.NewReader("kind: Pod\nmetadata: [unclosed\n"), &out, io.Discard)
+	if err == nil || errors.Is(err, io.EOF) {
+		t.Fatalf("bad YAML: err = %v", err)
+	}
+}

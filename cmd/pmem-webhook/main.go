@@ -1,0 +1,66 @@
+// Command pmem-webhook is the mutating admission webhook that moves the heap
+// of annotated pods to persistent memory.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/pmem-webhook/pmem-webhook/config"
+	"github.com/pmem-webhook/pmem-webhook/server"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "pmem-webhook:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("pmem-webhook", flag.ContinueOnError)
+	var (
+		o        server.Options
+		logLevel int
+	)
+	fs.StringVar(&o.BindAddress, "bind-address", "", "address the webhook listens on (empty: all)")
+	fs.IntVar(&o.Port, "port", 9443, "TLS port of the webhook")
+	fs.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory with the serving certificate and key (reloaded on change)")
+	fs.StringVar(&o.CertName, "cert-name", "tls.crt", "certificate file name in --cert-dir")
+	fs.StringVar(&o.KeyName, "key-name", "tls.key", "key file name in --cert-dir")
+	fs.DurationVar(&o.CertReloadInterval, "cert-reload-interval", 10*time.Second, "how often the certificate files are re-read even without a change event")
+	fs.StringVar(&o.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz (empty disables)")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":8080", "address of /metrics (empty disables)")
+	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long in-flight admissions may take to finish on SIGTERM")
+	fs.IntVar(&logLevel, "v", 0, "log verbosity: 0 logs decisions that change or deny a pod, 1 also pass-throughs")
+	inject := config.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	cfg, err := inject.Load()
+	if err != nil {
+		return err
+	}
+	o.Config = cfg
+
+	// Structured JSON logs through the standard library; logr is what
+	// controller-runtime's pieces expect.
+	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-logLevel)})
+	o.Log = logr.FromSlogHandler(handler)
+	o.Log.Info("starting", "config", config.String(cfg))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return server.Run(ctx, o)
+}

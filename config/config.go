@@ -1,0 +1,130 @@
+// Package config binds the injection settings (patch.Config) to command
+// line flags and an optional YAML file, identically for the webhook server
+// and the offline injector, so both inject the same thing.
+package config
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
+)
+
+// Flags holds the raw flag values until Load resolves them.
+type Flags struct {
+	fs   *flag.FlagSet
+	file string
+
+	memkindImage, defaultStorageClass, allowedStorageClasses string
+	sizeFactor                                               float64
+	libDir, kmemNodeSelector, targetProcesses                string
+}
+
+// Register adds the injection flags to fs.
+func Register(fs *flag.FlagSet) *Flags {
+	d := patch.DefaultConfig()
+	f := &Flags{fs: fs}
+	fs.StringVar(&f.file, "config", "", "YAML file with the injection settings (keys as in patch.Config: memkindImage, defaultStorageClass, ...); flags given explicitly override it")
+	fs.StringVar(&f.memkindImage, "memkind-image", d.MemkindImage, "image of the pmem-memkind-init init container")
+	fs.StringVar(&f.defaultStorageClass, "default-storage-class", d.DefaultStorageClass, "storage class of the generated PMEM PVC when the pod names none")
+	fs.StringVar(&f.allowedStorageClasses, "allowed-storage-classes", strings.Join(d.AllowedStorageClasses, ","), "comma list of storage classes the storage-class annotation may name (the default class is always allowed)")
+	fs.Float64Var(&f.sizeFactor, "size-factor", d.SizeFactor, "PMEM size = this factor x the target containers' memory limits, when the size annotation is absent")
+	fs.StringVar(&f.libDir, "lib-dir", d.LibDir, "where the preload libraries are mounted in the pod's containers")
+	fs.StringVar(&f.kmemNodeSelector, "kmem-node-selector", "", "k=v,... node selector added to pods in mode kmem")
+	fs.StringVar(&f.targetProcesses, "target-processes", strings.Join(d.TargetProcesses, ","), "comma list of process names the preload moves to PMEM when the processes annotation is absent")
+	return f
+}
+
+// Load resolves defaults, then the config file, then explicitly set flags,
+// and validates the result.
+func (f *Flags) Load() (*patch.Config, error) {
+	cfg := patch.DefaultConfig()
+	if f.file != "" {
+		raw, err := os.ReadFile(f.file)
+		if err != nil {
+			return nil, fmt.Errorf("read config file: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(raw, &cfg); err != nil {
+			return nil, fmt.Errorf("parse config file %s: %w", f.file, err)
+		}
+	}
+	var err error
+	f.fs.Visit(func(fl *flag.Flag) {
+		if err != nil {
+			return
+		}
+		switch fl.Name {
+		case "memkind-image":
+			cfg.MemkindImage = f.memkindImage
+		case "default-storage-class":
+			cfg.DefaultStorageClass = f.defaultStorageClass
+		case "allowed-storage-classes":
+			cfg.AllowedStorageClasses = splitList(f.allowedStorageClasses)
+		case "size-factor":
+			cfg.SizeFactor = f.sizeFactor
+		case "lib-dir":
+			cfg.LibDir = f.libDir
+		case "kmem-node-selector":
+			cfg.KMEMNodeSelector, err = ParseSelector(f.kmemNodeSelector)
+		case "target-processes":
+			cfg.TargetProcesses = splitList(f.targetProcesses)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// ParseSelector parses "k=v,k2=v2".
+func ParseSelector(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, part := range splitList(s) {
+		k, v, ok := strings.Cut(part, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("flag --kmem-node-selector: entry %q is not key=value", part)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// FormatSelector is the inverse of ParseSelector, sorted for stable output.
+func FormatSelector(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// String renders a config for a startup log line.
+func String(c *patch.Config) string {
+	return fmt.Sprintf("memkindImage=%s defaultStorageClass=%s allowedStorageClasses=%s sizeFactor=%s libDir=%s kmemNodeSelector=%q targetProcesses=%s",
+		c.MemkindImage, c.DefaultStorageClass, strings.Join(c.AllowedStorageClasses, ","), strconv.FormatFloat(c.SizeFactor, 'g', -1, 64),
+		c.LibDir, FormatSelector(c.KMEMNodeSelector), strings.Join(c.TargetProcesses, ","))
+}

@@ -1,0 +1,527 @@
+// Package patch turns a pod that opted into PMEM into one that runs its heap
+// on PMEM. It is pure: no client, no HTTP, no clock. The webhook, the offline
+// injector and the tests all call Apply.
+package patch
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Names the injector owns inside a pod. A pod that already uses one of them
+// for something else is refused rather than silently merged.
+const (
+	PMEMVolumeName    = "pmem"
+	LibVolumeName     = "pmem-memkind"
+	InitContainerName = "pmem-memkind-init"
+	PMEMMountPath     = "/mnt/pmem"
+	PreloadLibrary    = "libpmem-preload.so"
+	InitProgram       = "/usr/local/bin/pmem-memkind-init"
+
+	EnvLDPreload       = "LD_PRELOAD"
+	EnvMemTiers        = "MEMKIND_MEM_TIERS"
+	EnvTargetProcesses = "PMEM_TARGET_PROCESSES"
+
+	// LabelManagedBy marks the PVCs generated from the ephemeral volume
+	// template, so an operator can list them.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedByValue = "pmem-webhook"
+)
+
+// libVolumeSizeLimit bounds the emptyDir holding the preload closure
+// (about 12 MiB for memkind 1.14 and its libraries).
+var libVolumeSizeLimit = resource.MustParse("64Mi")
+
+// Decision says what Apply did.
+type Decision string
+
+const (
+	Injected        Decision = "injected"
+	NotRequested    Decision = "not-requested"
+	AlreadyInjected Decision = "already-injected"
+)
+
+// Result is the outcome of Apply. Pod is the input pod itself when nothing
+// was injected.
+type Result struct {
+	Decision Decision
+	Pod      *corev1.Pod
+	Warnings []string
+}
+
+// DeniedError is returned for pods that asked for PMEM but cannot get it as
+// written. Its message is meant for the user who wrote the manifest.
+type DeniedError struct{ Err error }
+
+func (e *DeniedError) Error() string { return e.Err.Error() }
+func (e *DeniedError) Unwrap() error { return e.Err }
+
+func deny(format string, args ...any) error {
+	return &DeniedError{Err: fmt.Errorf(format, args...)}
+}
+
+// Apply injects PMEM into pod according to its annotations and cfg.
+//
+// The input pod is never modified: every field that changes is rebuilt in
+// the returned pod (copy on write) and everything else is shared with the
+// input. That keeps the pass-through and the diff for the JSON patch cheap
+// even for pods with thousands of env vars.
+func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
+	requested, err := Requested(pod.Annotations)
+	if err != nil {
+		return nil, &DeniedError{Err: err}
+	}
+	if !requested {
+		return &Result{Decision: NotRequested, Pod: pod}, nil
+	}
+	if pod.Annotations[AnnotationStatus] == StatusInjected {
+		return &Result{Decision: AlreadyInjected, Pod: pod}, nil
+	}
+	opts, err := ParseOptions(pod.Annotations, cfg)
+	if err != nil {
+		return nil, &DeniedError{Err: err}
+	}
+	targets, err := targetContainers(pod, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkCollisions(pod, targets, cfg); err != nil {
+		return nil, err
+	}
+
+	in := &injection{pod: pod, cfg: cfg, opts: opts, targets: targets}
+	if err := in.plan(); err != nil {
+		return nil, err
+	}
+	out := in.build()
+	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings}, nil
+}
+
+// targetContainers resolves the containers annotation to indexes into
+// spec.containers (default: every app container).
+func targetContainers(pod *corev1.Pod, opts *Options) ([]int, error) {
+	if len(pod.Spec.Containers) == 0 {
+		return nil, deny("pod has no containers to inject PMEM into")
+	}
+	if opts.Containers == nil {
+		idx := make([]int, len(pod.Spec.Containers))
+		for i := range idx {
+			idx[i] = i
+		}
+		return idx, nil
+	}
+	var idx []int
+	for _, name := range opts.Containers {
+		i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name })
+		if i < 0 {
+			var names []string
+			for _, c := range pod.Spec.Containers {
+				names = append(names, c.Name)
+			}
+			kind := "no such container"
+			if slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == name }) {
+				kind = "it is an init container, and only app containers can run on PMEM"
+			}
+			return nil, &DeniedError{Err: invalid(AnnotationContainers, strings.Join(opts.Containers, ","),
+				"names %q (%s); the pod's app containers are: %s", name, kind, strings.Join(names, ", "))}
+		}
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	return idx, nil
+}
+
+// checkCollisions refuses pods that already use one of our names for
+// something of their own: merging would silently change what they mount.
+func checkCollisions(pod *corev1.Pod, targets []int, cfg *Config) error {
+	var errs []error
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == PMEMVolumeName || v.Name == LibVolumeName {
+			errs = append(errs, fmt.Errorf("pod already has a volume named %q; the PMEM injector needs that name: rename the volume", v.Name))
+		}
+	}
+	for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		if c.Name == InitContainerName {
+			errs = append(errs, fmt.Errorf("pod already has a container named %q; the PMEM injector needs that name for its init container: rename the container", c.Name))
+		}
+	}
+	for _, i := range targets {
+		c := &pod.Spec.Containers[i]
+		for _, m := range c.VolumeMounts {
+			if m.MountPath == PMEMMountPath || m.MountPath == cfg.LibDir ||
+				strings.HasPrefix(m.MountPath, PMEMMountPath+"/") || strings.HasPrefix(m.MountPath, cfg.LibDir+"/") {
+				errs = append(errs, fmt.Errorf("container %q already mounts volume %q at %s, where the PMEM injector mounts its own: move that mount", c.Name, m.Name, m.MountPath))
+			}
+		}
+		for _, e := range c.Env {
+			switch e.Name {
+			case EnvLDPreload:
+				if e.ValueFrom != nil {
+					errs = append(errs, fmt.Errorf("container %q sets %s with valueFrom, which cannot be joined with the PMEM preload at admission: set it as a plain value", c.Name, EnvLDPreload))
+				}
+			case EnvMemTiers, EnvTargetProcesses:
+				errs = append(errs, fmt.Errorf("container %q already sets %s, which the PMEM injector owns: remove it and use the pmem.alibabacloud.com/* annotations", c.Name, e.Name))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return &DeniedError{Err: errors.Join(errs...)}
+	}
+	return nil
+}
+
+// injection is the plan for one pod, computed before anything is built so
+// that every refusal happens before any output exists.
+type injection struct {
+	pod     *corev1.Pod
+	cfg     *Config
+	opts    *Options
+	targets []int
+
+	totalSize  resource.Quantity // PVC request (fsdax)
+	sizeLimits []int64           // PMEM_SIZE_LIMIT per target (fsdax)
+	processes  []string
+	warnings   []string
+}
+
+const mib = 1 << 20
+
+// pmemHeadroom is what the memkind heap leaves unused on the PMEM volume.
+// The CSI driver formats a filesystem of exactly the PVC size; ext4 and xfs
+// keep part of it for the journal (up to 1 GiB), inode tables and
+// allocation metadata — about 2-3% on ext4 with default mkfs settings. If
+// memkind were allowed the full size, its last fallocate would fail with
+// ENOSPC and the allocation would return NULL inside Redis. 4% (at least
+// 64 MiB) covers both filesystems with margin.
+func pmemHeadroom(total int64) int64 {
+	return max(total/25, 64*mib)
+}
+
+// minHeapPerContainer is the smallest heap memkind's FS_DAX kind can be
+// created with (MEMKIND_PMEM_MIN_SIZE is 16 MiB) plus room for arenas.
+const minHeapPerContainer = 32 * mib
+
+func (in *injection) plan() error {
+	in.processes = in.opts.Processes
+	if in.processes == nil {
+		in.processes = in.cfg.TargetProcesses
+	}
+	containers := in.pod.Spec.Containers
+
+	for _, i := range in.targets {
+		if _, ok := containers[i].Resources.Limits[corev1.ResourceMemory]; !ok && (in.opts.Mode == ModeKMEM || in.opts.Size != nil) {
+			in.warn("container %q has no memory limit: its DRAM and PMEM use are unbounded; set resources.limits.memory", containers[i].Name)
+		}
+	}
+
+	if in.opts.Mode == ModeFSDAX {
+		if err := in.planSize(); err != nil {
+			return err
+		}
+		for _, i := range in.targets {
+			if runsForkingRedis(&containers[i], in.processes) {
+				in.warn("container %q: an fsdax heap cannot survive fork, so the preload refuses fork() and BGSAVE, AOF rewrite and replica sync fail; "+
+					"start redis-server with --save '' --appendonly no, or set %s: kmem", containers[i].Name, AnnotationMode)
+			}
+		}
+	}
+
+	if in.opts.Mode == ModeKMEM && len(in.cfg.KMEMNodeSelector) > 0 {
+		for _, k := range sortedKeys(in.cfg.KMEMNodeSelector) {
+			want := in.cfg.KMEMNodeSelector[k]
+			if have, ok := in.pod.Spec.NodeSelector[k]; ok && have != want {
+				return deny("pod nodeSelector %s=%q conflicts with %s=%q, which mode kmem requires to land on nodes with PMEM onlined as memory",
+					k, have, k, want)
+			}
+		}
+		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", formatSelector(in.cfg.KMEMNodeSelector))
+	}
+
+	for _, i := range in.targets {
+		for _, e := range containers[i].Env {
+			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
+				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
+					containers[i].Name, EnvLDPreload, abbreviate(e.Value, 60))
+			}
+		}
+	}
+	return nil
+}
+
+// planSize decides the PVC size and each target's share of it.
+func (in *injection) planSize() error {
+	containers := in.pod.Spec.Containers
+	shares := make([]int64, len(in.targets))
+	var total int64
+	if in.opts.Size != nil {
+		total = in.opts.Size.Value()
+		for k := range shares {
+			shares[k] = total / int64(len(shares))
+		}
+	} else {
+		for k, i := range in.targets {
+			limit, ok := containers[i].Resources.Limits[corev1.ResourceMemory]
+			if !ok {
+				return deny("annotation %s is not set and container %q has no memory limit to derive it from: set %s (e.g. 60Gi) or resources.limits.memory on the container",
+					AnnotationSize, containers[i].Name, AnnotationSize)
+			}
+			share := int64(float64(limit.Value()) * in.cfg.SizeFactor)
+			share = (share + mib - 1) / mib * mib // whole MiB: readable PVC sizes
+			shares[k] = share
+			total += share
+		}
+	}
+	usable := total - pmemHeadroom(total)
+	in.sizeLimits = make([]int64, len(shares))
+	for k, share := range shares {
+		// Scale each share by the same usable fraction; big.Int is not
+		// needed: total <= 64Ti and usable/total < 1.
+		limit := int64(float64(share) * (float64(usable) / float64(total)))
+		limit = limit / mib * mib
+		if limit < minHeapPerContainer {
+			return deny("PMEM size %s leaves %d MiB for container %q after filesystem headroom; at least %d MiB per container is needed: raise %s",
+				resource.NewQuantity(total, resource.BinarySI).String(), limit/mib, containers[in.targets[k]].Name, minHeapPerContainer/mib, AnnotationSize)
+		}
+		in.sizeLimits[k] = limit
+	}
+	in.totalSize = *resource.NewQuantity(total, resource.BinarySI)
+	return nil
+}
+
+func (in *injection) warn(format string, args ...any) {
+	in.warnings = append(in.warnings, fmt.Sprintf(format, args...))
+}
+
+func (in *injection) preloadPath() string { return in.cfg.LibDir + "/" + PreloadLibrary }
+
+// memTiers renders MEMKIND_MEM_TIERS in memkind's own syntax, which both
+// libmemtier and our preload parse.
+func (in *injection) memTiers(sizeLimit int64) string {
+	pmemRatio := 1
+	var b strings.Builder
+	if r := in.opts.DRAMRatio; r != nil {
+		fmt.Fprintf(&b, "KIND:DRAM,RATIO:%d;", r.DRAM)
+		pmemRatio = r.PMEM
+	}
+	switch in.opts.Mode {
+	case ModeKMEM:
+		fmt.Fprintf(&b, "KIND:KMEM_DAX,RATIO:%d", pmemRatio)
+	default:
+		fmt.Fprintf(&b, "KIND:FS_DAX,PATH:%s,PMEM_SIZE_LIMIT:%d,RATIO:%d", PMEMMountPath, sizeLimit, pmemRatio)
+	}
+	b.WriteString(";POLICY:STATIC_RATIO")
+	return b.String()
+}
+
+// build assembles the output pod. Only the fields that change are copied.
+func (in *injection) build() *corev1.Pod {
+	src := in.pod
+	out := *src
+	out.ObjectMeta.Annotations = copyMap(src.Annotations)
+	out.ObjectMeta.Annotations[AnnotationStatus] = StatusInjected
+
+	out.Spec.Volumes = append(slices.Clip(src.Spec.Volumes), in.volumes()...)
+	out.Spec.InitContainers = append(slices.Clip(src.Spec.InitContainers), in.initContainer())
+
+	out.Spec.Containers = slices.Clone(src.Spec.Containers)
+	for k, i := range in.targets {
+		c := &out.Spec.Containers[i]
+		var limit int64
+		if in.sizeLimits != nil {
+			limit = in.sizeLimits[k]
+		}
+		c.VolumeMounts = append(slices.Clip(c.VolumeMounts), in.mounts()...)
+		c.Env = in.env(c.Env, limit)
+	}
+
+	if in.opts.Mode == ModeKMEM && len(in.cfg.KMEMNodeSelector) > 0 {
+		out.Spec.NodeSelector = copyMap(src.Spec.NodeSelector)
+		for k, v := range in.cfg.KMEMNodeSelector {
+			out.Spec.NodeSelector[k] = v
+		}
+	}
+	return &out
+}
+
+func (in *injection) volumes() []corev1.Volume {
+	lib := corev1.Volume{Name: LibVolumeName, VolumeSource: corev1.VolumeSource{
+		EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr(libVolumeSizeLimit.DeepCopy())},
+	}}
+	if in.opts.Mode == ModeKMEM {
+		return []corev1.Volume{lib}
+	}
+	var pmem corev1.Volume
+	if in.opts.Claim != "" {
+		pmem = corev1.Volume{Name: PMEMVolumeName, VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: in.opts.Claim},
+		}}
+	} else {
+		sc := in.opts.StorageClass
+		if sc == "" {
+			sc = in.cfg.DefaultStorageClass
+		}
+		pmem = corev1.Volume{Name: PMEMVolumeName, VolumeSource: corev1.VolumeSource{
+			Ephemeral: &corev1.EphemeralVolumeSource{VolumeClaimTemplate: &corev1.PersistentVolumeClaimTemplate{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelManagedBy: ManagedByValue}},
+				Spec: corev1.PersistentVolumeClaimSpec{
+					AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+					StorageClassName: &sc,
+					VolumeMode:       ptr(corev1.PersistentVolumeFilesystem),
+					Resources: corev1.VolumeResourceRequirements{
+						Requests: corev1.ResourceList{corev1.ResourceStorage: in.totalSize.DeepCopy()},
+					},
+				},
+			}},
+		}}
+	}
+	return []corev1.Volume{pmem, lib}
+}
+
+func (in *injection) mounts() []corev1.VolumeMount {
+	lib := corev1.VolumeMount{Name: LibVolumeName, MountPath: in.cfg.LibDir, ReadOnly: true}
+	if in.opts.Mode == ModeKMEM {
+		return []corev1.VolumeMount{lib}
+	}
+	return []corev1.VolumeMount{{Name: PMEMVolumeName, MountPath: PMEMMountPath}, lib}
+}
+
+// env returns the target container's env with the preload added. The
+// input slice is not modified.
+func (in *injection) env(env []corev1.EnvVar, sizeLimit int64) []corev1.EnvVar {
+	out := make([]corev1.EnvVar, len(env), len(env)+3)
+	copy(out, env)
+	preload := in.preloadPath()
+	joined := false
+	for k := range out {
+		if out[k].Name != EnvLDPreload {
+			continue
+		}
+		joined = true
+		switch {
+		case out[k].Value == "":
+			out[k].Value = preload
+		case !containsPath(out[k].Value, preload):
+			// First: the first object defining malloc wins interposition.
+			out[k].Value = preload + ":" + out[k].Value
+		}
+	}
+	if !joined {
+		out = append(out, corev1.EnvVar{Name: EnvLDPreload, Value: preload})
+	}
+	return append(out,
+		corev1.EnvVar{Name: EnvMemTiers, Value: in.memTiers(sizeLimit)},
+		corev1.EnvVar{Name: EnvTargetProcesses, Value: strings.Join(in.processes, ",")},
+	)
+}
+
+func (in *injection) initContainer() corev1.Container {
+	return corev1.Container{
+		Name:            InitContainerName,
+		Image:           in.cfg.MemkindImage,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Command:         []string{InitProgram},
+		Args:            []string{"--dest=" + in.cfg.LibDir},
+		VolumeMounts:    []corev1.VolumeMount{{Name: LibVolumeName, MountPath: in.cfg.LibDir}},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("10m"),
+				corev1.ResourceMemory: resource.MustParse("16Mi"),
+			},
+			Limits: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("500m"),
+				corev1.ResourceMemory: resource.MustParse("64Mi"),
+			},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		// PodSecurity "restricted" compliant whatever the pod sets: the
+		// init program only copies files into an emptyDir.
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(int64(65532)),
+			RunAsGroup:               ptr(int64(65532)),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+// runsForkingRedis guesses whether the container runs a Redis that will
+// fork for persistence: it must be a target of the preload, and its
+// command line must not switch both RDB snapshots and AOF off.
+func runsForkingRedis(c *corev1.Container, processes []string) bool {
+	if !slices.ContainsFunc(processes, func(p string) bool { return strings.Contains(p, "redis") }) {
+		return false
+	}
+	args := append(slices.Clip(c.Command), c.Args...)
+	looksLikeRedis := strings.Contains(c.Image, "redis") ||
+		slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "redis") })
+	if !looksLikeRedis {
+		return false
+	}
+	saveOff, aofOn := false, false
+	for k, a := range args {
+		next := ""
+		if k+1 < len(args) {
+			next = args[k+1]
+		}
+		switch {
+		case a == "--save" && (next == "" || next == `""` || next == "''"):
+			saveOff = true
+		case strings.Contains(a, `--save ""`) || strings.Contains(a, "--save ''"):
+			saveOff = true
+		case a == "--appendonly" && next == "yes", strings.Contains(a, "--appendonly yes"):
+			aofOn = true
+		}
+	}
+	return !saveOff || aofOn
+}
+
+// abbreviate keeps warnings under the 256 characters the apiserver
+// passes on untruncated.
+func abbreviate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func containsPath(list, p string) bool {
+	return slices.Contains(strings.FieldsFunc(list, func(r rune) bool { return r == ':' || r == ' ' }), p)
+}
+
+func copyMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func formatSelector(m map[string]string) string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, k+"="+strconv.Quote(m[k]))
+	}
+	return strings.Join(parts, ",")
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,116 @@
+// Package webhook is the admission side of pmem-webhook: it decodes pod
+// CREATE requests, calls patch.Apply and answers with a JSON patch,
+// warnings, or a denial the user can act on.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
+)
+
+// Path is where the server mounts the handler; deploy/ points the
+// MutatingWebhookConfiguration at it.
+const Path = "/mutate-v1-pod"
+
+// Handler admits pods. It sees every pod created in the cluster that the
+// webhook configuration's selectors let through, so the pass-through path
+// does no decoding at all.
+type Handler struct {
+	Config  *patch.Config
+	Metrics *Metrics
+	Log     logr.Logger
+	// now is replaceable so tests never depend on the clock.
+	now func() time.Time
+}
+
+var _ admission.Handler = (*Handler)(nil)
+
+// optInKey is searched for in the raw object before anything is decoded.
+var optInKey = []byte(`"` + patch.AnnotationDirect + `"`)
+
+// Handle implements admission.Handler.
+func (h *Handler) Handle(_ context.Context, req admission.Request) admission.Response {
+	start := h.clock()
+	resp, decision := h.handle(req)
+	h.Metrics.observe(decision, h.clock().Sub(start).Seconds())
+	return resp
+}
+
+func (h *Handler) clock() time.Time {
+	if h.now != nil {
+		return h.now()
+	}
+	return time.Now()
+}
+
+func (h *Handler) handle(req admission.Request) (admission.Response, string) {
+	if req.Operation != admissionv1.Create || req.Kind.Kind != "Pod" || req.Kind.Group != "" {
+		return admission.Allowed(""), DecisionSkipped
+	}
+	// Fast path: a pod whose JSON does not even contain the opt-in key
+	// cannot have opted in. No decode, no allocation of a Pod.
+	if !bytes.Contains(req.Object.Raw, optInKey) {
+		return admission.Allowed(""), DecisionSkipped
+	}
+
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+		h.Log.Error(err, "cannot decode pod", "namespace", req.Namespace, "uid", req.UID)
+		return admission.Errored(http.StatusBadRequest, errors.New("request object is not a valid v1 Pod: "+err.Error())), DecisionErrored
+	}
+	log := h.Log.WithValues("namespace", req.Namespace, "pod", podName(pod), "uid", req.UID, "dryRun", req.DryRun != nil && *req.DryRun)
+
+	res, err := patch.Apply(pod, h.Config)
+	var denied *patch.DeniedError
+	switch {
+	case errors.As(err, &denied):
+		log.Info("denied", "reason", err.Error())
+		return admission.Denied("pmem-webhook: " + err.Error()), DecisionDenied
+	case err != nil:
+		log.Error(err, "injection failed")
+		return admission.Errored(http.StatusInternalServerError, err), DecisionErrored
+	case res.Decision != patch.Injected:
+		log.V(1).Info("skipped", "reason", string(res.Decision))
+		return admission.Allowed(""), DecisionSkipped
+	}
+
+	ops, err := BuildPatch(pod, res.Pod)
+	if err != nil {
+		log.Error(err, "cannot build JSON patch")
+		return admission.Errored(http.StatusInternalServerError, err), DecisionErrored
+	}
+	log.Info("injected", "operations", len(ops), "warnings", len(res.Warnings))
+	resp := admission.Patched("", ops...)
+	resp.Warnings = res.Warnings
+	return resp, DecisionInjected
+}
+
+// podName is the best name available at admission: pods of workloads have
+// only generateName until the apiserver assigns one.
+func podName(p *corev1.Pod) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.GenerateName + "*"
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

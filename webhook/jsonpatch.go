@@ -1,0 +1,114 @@
+package webhook
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// BuildPatch turns the difference between the pod the apiserver sent and
+// the pod patch.Apply built into RFC 6902 operations.
+//
+// It looks only at the fields patch.Apply may change, and it only ever adds
+// or replaces: diffing whole re-encoded documents (the CustomDefaulter way)
+// costs two marshals per request and emits "remove" operations for fields
+// that a newer apiserver knows and these Go types do not.
+func BuildPatch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
+	var ops []jsonpatch.Operation
+	ops = diffMap(ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
+	ops = diffMap(ops, "/spec/nodeSelector", orig.Spec.NodeSelector, mut.Spec.NodeSelector)
+	var err error
+	if ops, err = appendOnly(ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes); err != nil {
+		return nil, err
+	}
+	if ops, err = appendOnly(ops, "/spec/initContainers", orig.Spec.InitContainers, mut.Spec.InitContainers); err != nil {
+		return nil, err
+	}
+	if len(orig.Spec.Containers) != len(mut.Spec.Containers) {
+		return nil, fmt.Errorf("containers changed from %d to %d; the injector never adds app containers", len(orig.Spec.Containers), len(mut.Spec.Containers))
+	}
+	for i := range orig.Spec.Containers {
+		o, m := &orig.Spec.Containers[i], &mut.Spec.Containers[i]
+		base := "/spec/containers/" + strconv.Itoa(i)
+		if ops, err = appendOnly(ops, base+"/volumeMounts", o.VolumeMounts, m.VolumeMounts); err != nil {
+			return nil, err
+		}
+		if ops, err = diffEnv(ops, base+"/env", o.Env, m.Env); err != nil {
+			return nil, err
+		}
+	}
+	return ops, nil
+}
+
+// diffMap adds the whole map when the original has none (a JSON pointer
+// cannot address a key of an absent object), else one op per changed key.
+func diffMap(ops []jsonpatch.Operation, path string, orig, mut map[string]string) []jsonpatch.Operation {
+	if len(mut) == 0 || sameMap(orig, mut) {
+		return ops
+	}
+	if orig == nil {
+		return append(ops, jsonpatch.NewOperation("add", path, mut))
+	}
+	for _, k := range sortedKeys(mut) {
+		v := mut[k]
+		if old, ok := orig[k]; !ok || old != v {
+			// "add" on an existing member replaces it (RFC 6902 4.1).
+			ops = append(ops, jsonpatch.NewOperation("add", path+"/"+escape(k), v))
+		}
+	}
+	return ops
+}
+
+// appendOnly emits adds for elements appended to a list; patch.Apply never
+// edits or removes existing elements of these lists.
+func appendOnly[T any](ops []jsonpatch.Operation, path string, orig, mut []T) ([]jsonpatch.Operation, error) {
+	if len(mut) < len(orig) {
+		return nil, fmt.Errorf("%s shrank from %d to %d elements; the injector only appends", path, len(orig), len(mut))
+	}
+	if len(mut) == len(orig) {
+		return ops, nil
+	}
+	if len(orig) == 0 {
+		return append(ops, jsonpatch.NewOperation("add", path, mut)), nil
+	}
+	for i := len(orig); i < len(mut); i++ {
+		ops = append(ops, jsonpatch.NewOperation("add", path+"/-", mut[i]))
+	}
+	return ops, nil
+}
+
+// diffEnv is appendOnly plus in-place value changes (LD_PRELOAD joined).
+func diffEnv(ops []jsonpatch.Operation, path string, orig, mut []corev1.EnvVar) ([]jsonpatch.Operation, error) {
+	if len(mut) < len(orig) {
+		return nil, fmt.Errorf("%s shrank from %d to %d elements; the injector only appends", path, len(orig), len(mut))
+	}
+	for i := range orig {
+		if orig[i].Name != mut[i].Name || orig[i].ValueFrom != mut[i].ValueFrom {
+			return nil, fmt.Errorf("%s/%d changed name or source; the injector only changes values", path, i)
+		}
+		if orig[i].Value != mut[i].Value {
+			ops = append(ops, jsonpatch.NewOperation("replace", path+"/"+strconv.Itoa(i)+"/value", mut[i].Value))
+		}
+	}
+	return appendOnly(ops, path, orig, mut)
+}
+
+func sameMap(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// escape encodes a map key as a JSON pointer token (RFC 6901).
+func escape(s string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+}
