@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/pmem-webhook/pmem-webhook/certs"
 	"github.com/pmem-webhook/pmem-webhook/patch"
@@ -204,7 +203,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 
 	mux := http.NewServeMux()
-	mux.Handle(webhook.Path, &admission.Webhook{Handler: s.handler})
+	mux.Handle(webhook.Path, s.handler)
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{

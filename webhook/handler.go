@@ -12,6 +12,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/buger/jsonparser"
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,6 +38,9 @@ type Handler struct {
 
 var _ admission.Handler = (*Handler)(nil)
 
+// allowed is the answer for everything the webhook leaves alone.
+var allowed = admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: true}}
+
 // optInKey is searched for in the raw object before anything is decoded.
 var optInKey = []byte(`"` + patch.AnnotationDirect + `"`)
 
@@ -57,12 +61,25 @@ func (h *Handler) clock() time.Time {
 
 func (h *Handler) handle(req admission.Request) (admission.Response, string) {
 	if req.Operation != admissionv1.Create || req.Kind.Kind != "Pod" || req.Kind.Group != "" {
-		return admission.Allowed(""), DecisionSkipped
+		return allowed, DecisionSkipped
 	}
 	// Fast path: a pod whose JSON does not even contain the opt-in key
 	// cannot have opted in. No decode, no allocation of a Pod.
 	if !bytes.Contains(req.Object.Raw, optInKey) {
-		return admission.Allowed(""), DecisionSkipped
+		return allowed, DecisionSkipped
+	}
+
+	// Still without decoding the pod: read the two annotations that
+	// decide whether there is anything to do. Pods that opted out, or were
+	// injected already (reinvocation, offline injection), stop here.
+	direct, derr := jsonparser.GetString(req.Object.Raw, "metadata", "annotations", patch.AnnotationDirect)
+	if errors.Is(derr, jsonparser.KeyPathNotFoundError) || (derr == nil && direct == "false") {
+		return allowed, DecisionSkipped
+	}
+	if derr == nil && direct == "true" {
+		if status, err := jsonparser.GetString(req.Object.Raw, "metadata", "annotations", patch.AnnotationStatus); err == nil && status == patch.StatusInjected {
+			return allowed, DecisionSkipped
+		}
 	}
 
 	pod := &corev1.Pod{}
@@ -83,7 +100,7 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string) {
 		return admission.Errored(http.StatusInternalServerError, err), DecisionErrored
 	case res.Decision != patch.Injected:
 		log.V(1).Info("skipped", "reason", string(res.Decision))
-		return admission.Allowed(""), DecisionSkipped
+		return allowed, DecisionSkipped
 	}
 
 	ops, err := BuildPatch(pod, res.Pod)

@@ -45,7 +45,7 @@ func newTestHandler(t *testing.T) (*Handler, *Metrics) {
 // plumbing, exactly as the apiserver would, and returns the response.
 func serve(t *testing.T, h *Handler, body []byte) (*admissionv1.AdmissionReview, int) {
 	t.Helper()
-	wh := &admission.Webhook{Handler: h}
+	var wh http.Handler = h
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodPost, Path, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")

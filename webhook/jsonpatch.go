@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -110,5 +111,41 @@ func sameMap(a, b map[string]string) bool {
 
 // escape encodes a map key as a JSON pointer token (RFC 6901).
 func escape(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+	if !strings.ContainsAny(s, "~/") {
+		return s
+	}
+	return pointerEscaper.Replace(s)
+}
+
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+// MarshalPatch encodes operations as RFC 6902 JSON. Operation's own
+// MarshalJSON marshals each value and then has the outer encoder validate
+// and compact it again; writing the envelope directly halves the work.
+func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
+	buf := make([]byte, 0, 256*len(ops))
+	buf = append(buf, '[')
+	for i, op := range ops {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"op":`...)
+		buf = appendJSONString(buf, op.Operation)
+		buf = append(buf, `,"path":`...)
+		path, err := json.Marshal(op.Path)
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf, path...)
+		if op.Operation != "remove" {
+			value, err := json.Marshal(op.Value)
+			if err != nil {
+				return nil, fmt.Errorf("encode value of %s %s: %w", op.Operation, op.Path, err)
+			}
+			buf = append(buf, `,"value":`...)
+			buf = append(buf, value...)
+		}
+		buf = append(buf, '}')
+	}
+	return append(buf, ']'), nil
 }
