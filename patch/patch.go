@@ -228,8 +228,11 @@ func (in *injection) plan() error {
 		}
 		for _, i := range in.targets {
 			if runsForkingRedis(&containers[i], in.processes) {
-				in.warn("container %q: an fsdax heap cannot survive fork, so the preload refuses fork() and BGSAVE, AOF rewrite and replica sync fail; "+
-					"start redis-server with --save '' --appendonly no, or set %s: kmem", containers[i].Name, AnnotationMode)
+				in.warn("container %q: an fsdax heap can't survive fork(), so the preload refuses fork(): BGSAVE, AOF rewrite and replica sync fail; "+
+					"with save points on, writes get MISCONF. Use --save '' --appendonly no, or %s: kmem", containers[i].Name, AnnotationMode)
+			}
+			if daemonizes(&containers[i]) {
+				in.warn("container %q runs redis-server with --daemonize yes: daemonizing forks, which the fsdax preload refuses, so Redis would exit; run it in the foreground", containers[i].Name)
 			}
 		}
 	}
@@ -463,8 +466,8 @@ func runsForkingRedis(c *corev1.Container, processes []string) bool {
 		return false
 	}
 	args := append(slices.Clip(c.Command), c.Args...)
-	looksLikeRedis := strings.Contains(c.Image, "redis") ||
-		slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "redis") })
+	looksLikeRedis := isRedisImage(c.Image) ||
+		slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "redis-server") })
 	if !looksLikeRedis {
 		return false
 	}
@@ -493,6 +496,28 @@ func abbreviate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// isRedisImage matches images named redis or redis-something (not tools
+// such as redis_exporter that only talk to Redis).
+func isRedisImage(image string) bool {
+	name := image[strings.LastIndex(image, "/")+1:]
+	if i := strings.IndexAny(name, ":@"); i >= 0 {
+		name = name[:i]
+	}
+	return (name == "redis" || strings.HasPrefix(name, "redis-")) && !strings.Contains(name, "exporter")
+}
+
+// daemonizes reports whether the command line asks Redis to fork into the
+// background.
+func daemonizes(c *corev1.Container) bool {
+	args := append(slices.Clip(c.Command), c.Args...)
+	for k, a := range args {
+		if a == "--daemonize" && k+1 < len(args) && args[k+1] == "yes" || strings.Contains(a, "--daemonize yes") {
+			return true
+		}
+	}
+	return false
 }
 
 func containsPath(list, p string) bool {

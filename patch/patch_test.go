@@ -63,14 +63,14 @@ func TestApplyGolden(t *testing.T) {
 		wantWarnings []string
 	}{
 		{name: "redis-single", decision: Injected},
-		{name: "redis-exporter", decision: Injected, wantWarnings: []string{`container "redis": an fsdax heap cannot survive fork`}},
+		{name: "redis-exporter", decision: Injected, wantWarnings: []string{`container "redis": an fsdax heap can't survive fork()`}},
 		{name: "existing-ldpreload", decision: Injected, wantWarnings: []string{`already sets LD_PRELOAD="/usr/lib/libtrace.so"`}},
 		{name: "claim", decision: Injected},
 		{name: "kmem", decision: Injected, wantWarnings: []string{`added nodeSelector pmem.alibabacloud.com/kmem="true"`}},
 		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"refuses fork()"}},
 		{name: "forking-redis", decision: Injected, wantWarnings: []string{
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,
-			`container "redis": an fsdax heap`, "refuses fork()"}},
+			`container "redis": an fsdax heap`, "refuses fork()", "MISCONF"}},
 		{name: "no-annotation", decision: NotRequested},
 		{name: "direct-false", decision: NotRequested},
 	}
@@ -314,4 +314,43 @@ func mustQuantity(t *testing.T, s string) resource.Quantity {
 		t.Fatal(err)
 	}
 	return q
+}
+
+func TestForkWarning(t *testing.T) {
+	cases := []struct {
+		name      string
+		image     string
+		command   []string
+		args      []string
+		processes []string
+		want      bool
+	}{
+		{"redis image, default config", "redis:7.0-bookworm", nil, nil, nil, true},
+		{"registry path", "registry.example/cache/redis-debian:7.0", nil, nil, nil, true},
+		{"persistence off", "redis:7", nil, []string{"--save", "", "--appendonly", "no"}, nil, false},
+		{"persistence off in a shell line", "redis:7", []string{"sh", "-c"}, []string{`exec redis-server --save "" --appendonly no`}, nil, false},
+		{"save off but AOF on", "redis:7", nil, []string{"--save", "", "--appendonly", "yes"}, nil, true},
+		{"exporter image", "oliver006/redis_exporter:v1.62.0", nil, nil, nil, false},
+		{"other image running redis-server", "debian:bookworm", []string{"redis-server"}, nil, nil, true},
+		{"not a target process", "redis:7", nil, nil, []string{"memcached"}, false},
+		{"unrelated image", "nginx:1.27", nil, nil, nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := corev1.Container{Image: tc.image, Command: tc.command, Args: tc.args}
+			procs := tc.processes
+			if procs == nil {
+				procs = []string{DefaultTargetProcess}
+			}
+			if got := runsForkingRedis(&c, procs); got != tc.want {
+				t.Errorf("runsForkingRedis = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	pod := loadPod(t, "redis-single.yaml")
+	pod.Spec.Containers[0].Args = []string{"redis-server", "--save", "", "--appendonly", "no", "--daemonize", "yes"}
+	res, err := Apply(pod, testConfig())
+	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "--daemonize yes") {
+		t.Errorf("daemonize: warnings %q, err %v; want one --daemonize warning", res.Warnings, err)
+	}
 }

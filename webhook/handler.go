@@ -6,7 +6,6 @@ package webhook
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"sort"
@@ -82,8 +81,8 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string) {
 		}
 	}
 
-	pod := &corev1.Pod{}
-	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+	pod, err := decodeForPatch(req.Object.Raw)
+	if err != nil {
 		h.Log.Error(err, "cannot decode pod", "namespace", req.Namespace, "uid", req.UID)
 		return admission.Errored(http.StatusBadRequest, errors.New("request object is not a valid v1 Pod: "+err.Error())), DecisionErrored
 	}

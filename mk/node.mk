@@ -1,0 +1,39 @@
+# Node tier: the PMEM preload, the memkind closure and Debian's real Redis.
+# (issue 4; docs/node.md)
+
+NODE_APT_PACKAGES := redis-server redis-tools libmemkind0 libmemkind-dev patchelf gcc libc6-dev
+NODE_PKGS := ./preload/... ./memkindinit/... ./cmd/pmem-memkind-init/... ./cmd/pmem-stage/... ./test/node/...
+
+.PHONY: node-deps preload stage-memkind test-node bench-redis
+
+## node-deps: apt-get install what the node tier needs (redis-server, libmemkind0, patchelf, gcc...) when missing
+node-deps:
+	@missing=""; for p in $(NODE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "node-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+## preload: build bin/libpmem-preload.so with gcc
+preload: $(BIN)/libpmem-preload.so
+$(BIN)/libpmem-preload.so: preload/csrc/pmem_preload.c
+	@mkdir -p $(BIN)
+	gcc -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -DPMEM_CHECK_HEADERS -o $@ $< -ldl -lpthread
+
+## stage-memkind: stage the preload closure into bin/pmem-memkind (what the memkind image ships at /usr/lib/pmem-memkind)
+stage-memkind:
+	rm -rf $(BIN)/pmem-memkind
+	$(GO) run ./cmd/pmem-stage --out $(BIN)/pmem-memkind
+
+## test-node: preload semantics, init program, real redis-server under the webhook's env (missing tools fail, not skip)
+test-node: node-deps
+	PMEM_NODE_REQUIRED=1 $(GO) test -count=1 -timeout 15m $(NODE_PKGS)
+
+## bench-redis: redis-benchmark SET/GET -d 10240 and 102400, DRAM vs fsdax vs kmem, table of medians (~3 min)
+BENCH_ROUNDS ?= 5
+bench-redis: node-deps
+	PMEM_BENCH_REDIS=1 PMEM_BENCH_ROUNDS=$(BENCH_ROUNDS) PMEM_BENCH_OUT=$(BIN)/bench-redis.txt \
+	  $(GO) test -count=1 -timeout 20m -run '^TestBenchRedis$$' -v ./test/node
+	@echo "table saved in $(BIN)/bench-redis.txt"

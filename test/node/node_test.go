@@ -1,0 +1,526 @@
+package node
+
+import (
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
+)
+
+const mib = 1 << 20
+
+// value is a self-describing value: it names its key and version, is filled
+// with a pattern derived from both, and ends with a CRC of the rest. A torn,
+// stale-pointer or cross-key value cannot pass checkValue.
+func value(key string, ver, size int) string {
+	prefix := fmt.Sprintf("k=%s;v=%d;", key, ver)
+	unit := fmt.Sprintf("%s/%d|", key, ver)
+	n := size - len(prefix) - len(";crc=00000000")
+	if n < 0 {
+		n = 0
+	}
+	var b strings.Builder
+	b.Grow(size)
+	b.WriteString(prefix)
+	for b.Len() < len(prefix)+n {
+		rest := len(prefix) + n - b.Len()
+		if rest >= len(unit) {
+			b.WriteString(unit)
+		} else {
+			b.WriteString(unit[:rest])
+		}
+	}
+	body := b.String()
+	return body + fmt.Sprintf(";crc=%08x", crc32.ChecksumIEEE([]byte(body)))
+}
+
+// checkValue returns the version encoded in v, or an error if v is not
+// exactly what value(key, version, len(v)) produces.
+func checkValue(key, v string) (int, error) {
+	prefix := "k=" + key + ";v="
+	if !strings.HasPrefix(v, prefix) {
+		return 0, fmt.Errorf("key %s: value does not name it: %.40q", key, v)
+	}
+	rest := v[len(prefix):]
+	semi := strings.IndexByte(rest, ';')
+	if semi < 0 {
+		return 0, fmt.Errorf("key %s: no version: %.40q", key, v)
+	}
+	ver, err := strconv.Atoi(rest[:semi])
+	if err != nil {
+		return 0, fmt.Errorf("key %s: bad version: %.40q", key, v)
+	}
+	if want := value(key, ver, len(v)); v != want {
+		return 0, fmt.Errorf("key %s: value for version %d is corrupt (len %d)", key, ver, len(v))
+	}
+	return ver, nil
+}
+
+func keyName(i int) string { return fmt.Sprintf("key:%06d", i) }
+
+// load writes n keys of size bytes at version 0, pipelined.
+func load(t *testing.T, c *client, n, size int) {
+	t.Helper()
+	const batch = 200
+	for i := 0; i < n; i += batch {
+		end := min(i+batch, n)
+		for k := i; k < end; k++ {
+			c.Send("SET", keyName(k), value(keyName(k), 0, size))
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for k := i; k < end; k++ {
+			r, err := c.Receive()
+			if err != nil || r != "OK" {
+				t.Fatalf("SET %s: %v %v", keyName(k), r, err)
+			}
+		}
+	}
+}
+
+// readAll reads keys 0..n-1 with MGET and checks every value; it returns
+// the versions (-1 for a missing key).
+func readAll(c *client, n int) ([]int, error) {
+	vers := make([]int, n)
+	const batch = 500
+	for i := 0; i < n; i += batch {
+		end := min(i+batch, n)
+		args := []string{"MGET"}
+		for k := i; k < end; k++ {
+			args = append(args, keyName(k))
+		}
+		r, err := c.Do(args...)
+		if err != nil {
+			return nil, err
+		}
+		arr, ok := r.([]any)
+		if !ok || len(arr) != end-i {
+			return nil, fmt.Errorf("MGET: reply %T", r)
+		}
+		for k, v := range arr {
+			if v == nil {
+				vers[i+k] = -1
+				continue
+			}
+			s, ok := v.(string)
+			if !ok {
+				return nil, fmt.Errorf("MGET %s: reply %T", keyName(i+k), v)
+			}
+			ver, err := checkValue(keyName(i+k), s)
+			if err != nil {
+				return nil, err
+			}
+			vers[i+k] = ver
+		}
+	}
+	return vers, nil
+}
+
+func TestValueSelfCheck(t *testing.T) {
+	v := value("key:000001", 7, 300)
+	if len(v) != 300 {
+		t.Fatalf("len %d", len(v))
+	}
+	if ver, err := checkValue("key:000001", v); err != nil || ver != 7 {
+		t.Fatalf("checkValue: %d %v", ver, err)
+	}
+	for name, bad := range map[string]string{
+		"other key":   value("key:000002", 7, 300),
+		"flipped bit": v[:100] + "X" + v[101:],
+		"torn":        v[:150] + value("key:000001", 8, 300)[150:],
+		"truncated":   v[:299],
+	} {
+		if _, err := checkValue("key:000001", bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// 1. The heap is on the PMEM dir after loading >= 100 MB; the closure (not
+// the system's libraries) is what got loaded.
+func TestHeapOnPMEM(t *testing.T) {
+	p := admit(t, patch.ModeFSDAX, "")
+	port, _, args := redisArgs(t, "--save", "")
+	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	defer c.Close()
+
+	const keys, size = 11000, 10 * 1024 // 110 MB of values
+	load(t, c, keys, size)
+	pid := s.Cmd.Process.Pid
+	st := procStatus(t, pid)
+	onPMEM, files := mappedRSS(t, pid, p.PMEMDir)
+	t.Logf("after %d MB of values: RssAnon %d kB, RssFile %d kB, RssShmem %d kB; resident from %s: %d kB in %v",
+		keys*size/1000000, st["RssAnon"], st["RssFile"], st["RssShmem"], p.PMEMDir, onPMEM, files)
+	if onPMEM < 100*1024 {
+		t.Errorf("only %d kB of the heap is mapped from the PMEM dir, want >= 100 MiB", onPMEM)
+	}
+	if st["RssAnon"] > onPMEM/4 {
+		t.Errorf("RssAnon %d kB is more than a quarter of the PMEM-resident %d kB: the heap is not on PMEM", st["RssAnon"], onPMEM)
+	}
+	if len(files) == 0 || !strings.Contains(files[0], "/memkind.") {
+		t.Errorf("PMEM mappings %v, want memkind's file", files)
+	}
+	for _, lib := range []string{"libpmem-preload.so", "libmemkind.so.0", "libnuma.so.1", "libdaxctl.so.1"} {
+		if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, lib)); len(paths) == 0 {
+			t.Errorf("%s is not mapped from the installed closure %s (RUNPATH $ORIGIN)", lib, p.LibDir)
+		}
+	}
+	if vers, err := readAll(c, keys); err != nil {
+		t.Fatal(err)
+	} else if vers[keys-1] != 0 {
+		t.Fatalf("last key version %d", vers[keys-1])
+	}
+}
+
+// 2. Entrypoint tools work under the container-wide LD_PRELOAD, and only the
+// target process gets the PMEM heap.
+func TestEntrypointShell(t *testing.T) {
+	p := admit(t, patch.ModeFSDAX, "")
+	port, _, args := redisArgs(t, "--save", "")
+	script := "grep -c root /etc/passwd && exec redis-server " + strings.Join(quoteAll(args), " ")
+	s := startRedis(t, p.Env, "sh", "-c", script)
+	c := s.waitReady(t, port)
+	defer c.Close()
+	if !strings.HasPrefix(s.Log.String(), "1\n") {
+		t.Errorf("grep under the preload did not print its count; output starts %.200q", s.Log.String())
+	}
+	load(t, c, 1000, 4096)
+	if n, _ := mappedRSS(t, s.Cmd.Process.Pid, p.PMEMDir); n < 2*1024 {
+		t.Errorf("redis-server exec'd from sh has only %d kB on PMEM", n)
+	}
+
+	// A long-running non-target process never loads libmemkind.
+	sleep := exec.Command("sleep", "5")
+	sleep.Env = append(baseEnv(), p.Env...)
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleep.Process.Kill(); sleep.Wait() }()
+	time.Sleep(200 * time.Millisecond)
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", sleep.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(maps), "libpmem-preload.so") {
+		t.Error("sleep did not get the preload: the env is not container-wide as in the pod")
+	}
+	if strings.Contains(string(maps), "libmemkind") {
+		t.Error("non-target process sleep loaded libmemkind")
+	}
+}
+
+func quoteAll(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return out
+}
+
+// writer is the bounded write load: SETs of self-describing values with
+// increasing versions, pipelined, until stopped, maxOps or its deadline.
+type writer struct {
+	mu       sync.Mutex
+	sent     []int // highest version sent per key
+	ok, errs int
+	errKinds map[string]int
+	stop     chan struct{}
+	done     chan error
+}
+
+func startWriter(t *testing.T, port, keys, size, maxOps int, limit time.Duration) *writer {
+	t.Helper()
+	c, err := dial(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &writer{sent: make([]int, keys), errKinds: map[string]int{}, stop: make(chan struct{}), done: make(chan error, 1)}
+	go func() {
+		defer c.Close()
+		deadline := time.Now().Add(limit)
+		const batch = 20
+		for op := 0; op < maxOps && time.Now().Before(deadline); op += batch {
+			select {
+			case <-w.stop:
+				w.done <- nil
+				return
+			default:
+			}
+			w.mu.Lock()
+			for b := 0; b < batch; b++ {
+				k := (op + b) % keys
+				w.sent[k]++
+				c.Send("SET", keyName(k), value(keyName(k), w.sent[k], size))
+			}
+			w.mu.Unlock()
+			if err := c.Flush(); err != nil {
+				w.done <- err
+				return
+			}
+			for b := 0; b < batch; b++ {
+				r, err := c.Receive()
+				if err != nil {
+					w.done <- err
+					return
+				}
+				w.mu.Lock()
+				if e, ok := r.(redisError); ok {
+					w.errs++
+					w.errKinds[strings.Fields(string(e))[0]]++
+				} else {
+					w.ok++
+				}
+				w.mu.Unlock()
+			}
+		}
+		w.done <- nil
+	}()
+	return w
+}
+
+func (w *writer) Stop(t *testing.T) {
+	t.Helper()
+	close(w.stop)
+	select {
+	case err := <-w.done:
+		if err != nil {
+			t.Errorf("write load: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("write load did not stop in 30s")
+	}
+}
+
+func (w *writer) snapshot() []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]int(nil), w.sent...)
+}
+
+const (
+	forkKeys  = 4000
+	forkSize  = 4096
+	bgsaves   = 50
+	writerCap = 5_000_000
+)
+
+// 3. fsdax: the preload refuses fork, so BGSAVE fails, the parent never
+// crashes, no dump is written, and reads keep being served with every value
+// well-formed.
+func TestForkSafetyFSDAX(t *testing.T) {
+	p := admit(t, patch.ModeFSDAX, "")
+	if !anyContains(p.Warnings, "cannot survive fork") {
+		t.Errorf("the webhook did not warn about fork for a Redis with default persistence: %q", p.Warnings)
+	}
+	// The container's args as the user wrote them: default RDB save points.
+	port, dir, args := redisArgs(t, p.Args...)
+	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	defer c.Close()
+	load(t, c, forkKeys, forkSize)
+
+	w := startWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
+	time.Sleep(300 * time.Millisecond) // writes are flowing before the first fork attempt
+	refused := 0
+	for i := 0; i < bgsaves; i++ {
+		r, err := c.Do("BGSAVE")
+		if err != nil {
+			t.Fatalf("BGSAVE %d: %v (server alive: %v)\n%s", i, err, s.Alive(), tail(s.Log.String()))
+		}
+		if _, ok := r.(redisError); ok {
+			refused++
+		} else {
+			t.Errorf("BGSAVE %d: %v, want an error (fork refused)", i, r)
+		}
+		if r, err := c.Do("GET", keyName(i)); err != nil || r == nil {
+			t.Fatalf("GET after BGSAVE %d: %v %v", i, r, err)
+		} else if _, err := checkValue(keyName(i), r.(string)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.Stop(t)
+	if !s.Alive() {
+		t.Fatalf("redis-server died: %v\n%s", s.err, tail(s.Log.String()))
+	}
+	vers, err := readAll(c, forkKeys)
+	if err != nil {
+		t.Fatalf("reads after the fork attempts: %v", err)
+	}
+	sent := w.snapshot()
+	for k, v := range vers {
+		if v < 0 || v > sent[k] {
+			t.Fatalf("key %d: version %d, sent up to %d", k, v, sent[k])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dump.rdb")); err == nil {
+		t.Error("a dump was written although fork is refused")
+	}
+	log := s.Log.String()
+	lines := strings.Count(log, "refusing fork() (refusal #")
+	t.Logf("fsdax: %d BGSAVE, %d refused; %d writes ok, %d refused %v; preload log lines: %d; redis 'Can't save in background' lines: %d; all %d keys well-formed",
+		bgsaves, refused, w.ok, w.errs, w.errKinds, lines, strings.Count(log, "Can't save in background: fork: Cannot allocate memory"), forkKeys)
+	if w.ok == 0 {
+		t.Error("no write succeeded: the load did not run before the fork attempts")
+	}
+	if lines == 0 || lines > 8 {
+		t.Errorf("%d fork refusal log lines for %d refusals, want one per power of two", lines, refused)
+	}
+}
+
+// 4. kmem: fork works; >= 50 BGSAVEs during the write load, every dump
+// loads in a plain DRAM redis-server with every value well-formed, and
+// versions never go back from one dump to the next.
+func TestForkSafetyKMEM(t *testing.T) {
+	p := admit(t, patch.ModeKMEM, "")
+	port, dir, args := redisArgs(t, p.Args...)
+	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	defer c.Close()
+	if !strings.Contains(s.Log.String(), "heap tiered: KMEM_DAX") {
+		t.Fatalf("the preload did not activate KMEM_DAX:\n%s", tail(s.Log.String()))
+	}
+	load(t, c, forkKeys, forkSize)
+
+	snaps := t.TempDir()
+	w := startWriter(t, port, forkKeys, forkSize, writerCap, 5*time.Minute)
+	var dumps []string
+	var sentAt [][]int
+	deadline := time.Now().Add(5 * time.Minute)
+	for len(dumps) < bgsaves && time.Now().Before(deadline) {
+		r, err := c.Do("BGSAVE")
+		if err != nil {
+			t.Fatalf("BGSAVE: %v (alive %v)\n%s", err, s.Alive(), tail(s.Log.String()))
+		}
+		if e, ok := r.(redisError); ok {
+			if strings.Contains(string(e), "in progress") { // an automatic save
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), e, tail(s.Log.String()))
+		}
+		if err := waitSaved(c, deadline); err != nil {
+			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), err, tail(s.Log.String()))
+		}
+		dst := filepath.Join(snaps, fmt.Sprintf("dump-%02d.rdb", len(dumps)))
+		if err := copyFile(filepath.Join(dir, "dump.rdb"), dst); err != nil {
+			t.Fatal(err)
+		}
+		dumps = append(dumps, dst)
+		sentAt = append(sentAt, w.snapshot())
+	}
+	w.Stop(t)
+	if !s.Alive() {
+		t.Fatalf("redis-server died: %v\n%s", s.err, tail(s.Log.String()))
+	}
+	if len(dumps) < bgsaves {
+		t.Fatalf("%d dumps in 5 minutes, want %d", len(dumps), bgsaves)
+	}
+
+	prev := make([]int, forkKeys)
+	changed := 0
+	for i, d := range dumps {
+		vers := loadDump(t, d)
+		for k, v := range vers {
+			if v < prev[k] {
+				t.Fatalf("%s: key %d went back from version %d to %d", d, k, prev[k], v)
+			}
+			if v > sentAt[i][k] {
+				t.Fatalf("%s: key %d has version %d, never sent before the dump", d, k, v)
+			}
+			if v != prev[k] {
+				changed++
+			}
+		}
+		prev = vers
+	}
+	t.Logf("kmem: %d BGSAVEs, %d dumps written and loaded into a plain DRAM redis-server, %d keys each well-formed; "+
+		"%d key versions advanced between dumps; writes during the saves: %d ok, %d errors %v",
+		len(dumps), len(dumps), forkKeys, changed, w.ok, w.errs, w.errKinds)
+	if changed == 0 {
+		t.Error("no value changed between dumps: the write load did not overlap the saves")
+	}
+}
+
+// waitSaved polls until no BGSAVE is running and the last one succeeded.
+func waitSaved(c *client, deadline time.Time) error {
+	for time.Now().Before(deadline) {
+		info, err := c.info("persistence")
+		if err != nil {
+			return err
+		}
+		if info["rdb_bgsave_in_progress"] == "0" {
+			if st := info["rdb_last_bgsave_status"]; st != "ok" {
+				return fmt.Errorf("rdb_last_bgsave_status %s", st)
+			}
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("BGSAVE still in progress at the deadline")
+}
+
+// loadDump starts a plain redis-server (no preload: DRAM) on a copy of the
+// dump and returns every key's version, checking every value.
+func loadDump(t *testing.T, dump string) []int {
+	t.Helper()
+	port, dir, args := redisArgs(t, "--save", "", "--appendonly", "no")
+	if err := copyFile(dump, filepath.Join(dir, "dump.rdb")); err != nil {
+		t.Fatal(err)
+	}
+	s := startRedis(t, nil, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	defer func() { c.Close(); s.Stop() }()
+	if n, err := c.Do("DBSIZE"); err != nil || n != int64(forkKeys) {
+		t.Fatalf("%s: DBSIZE %v %v, want %d", dump, n, err, forkKeys)
+	}
+	vers, err := readAll(c, forkKeys)
+	if err != nil {
+		t.Fatalf("%s: %v", dump, err)
+	}
+	return vers
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func anyContains(list []string, sub string) bool {
+	for _, s := range list {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func tail(s string) string {
+	if len(s) > 3000 {
+		return "..." + s[len(s)-3000:]
+	}
+	return s
+}

@@ -1,0 +1,95 @@
+package webhook
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
+)
+
+// patchVia runs Apply + BuildPatch on a pod decoded by decode and returns
+// the encoded patch, or the denial message.
+func patchVia(t testing.TB, raw []byte, decode func([]byte) (*corev1.Pod, error)) (string, bool) {
+	pod, err := decode(raw)
+	if err != nil {
+		return "decode error", false
+	}
+	res, err := patch.Apply(pod, testConfig())
+	if err != nil {
+		return "denied: " + err.Error(), true
+	}
+	if res.Decision != patch.Injected {
+		return string(res.Decision), true
+	}
+	ops, err := BuildPatch(pod, res.Pod)
+	if err != nil {
+		t.Fatalf("BuildPatch: %v", err)
+	}
+	out, err := MarshalPatch(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), true
+}
+
+func fullDecode(raw []byte) (*corev1.Pod, error) {
+	pod := &corev1.Pod{}
+	return pod, json.Unmarshal(raw, pod)
+}
+
+// The partial decoder and a full decode must lead to byte-identical
+// patches (or the same denial) for every pod in the test data.
+func TestDecodeForPatchMatchesFullDecode(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "patch", "testdata", "*.yaml"))
+	if err != nil || len(files) < 10 {
+		t.Fatalf("test pods: %v (%d)", err, len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			y, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := yaml.YAMLToJSON(y)
+			if err != nil {
+				t.Fatal(err)
+			}
+			full, ok1 := patchVia(t, raw, fullDecode)
+			partial, ok2 := patchVia(t, raw, decodeForPatch)
+			if ok1 != ok2 || full != partial {
+				t.Errorf("partial decode diverges:\nfull:    %s\npartial: %s", full, partial)
+			}
+		})
+	}
+}
+
+func FuzzDecodeForPatch(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("..", "patch", "testdata", "*.yaml"))
+	for _, file := range files {
+		y, _ := os.ReadFile(file)
+		if raw, err := yaml.YAMLToJSON(y); err == nil {
+			f.Add(raw)
+		}
+	}
+	f.Add([]byte(`{"metadata":{"annotations":{"pmem.alibabacloud.com/direct":"true"}},"spec":{"containers":[{"name":"a","env":[{"name":"LD\u005fPRELOAD","value":"x"}],"resources":{"limits":{"memory":1073741824}}}]}}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var probe corev1.Pod
+		if json.Unmarshal(raw, &probe) != nil {
+			return // the apiserver only sends valid pods
+		}
+		// Normalise through the Go types, as the apiserver does before
+		// calling webhooks.
+		raw, _ = json.Marshal(&probe)
+		full, ok1 := patchVia(t, raw, fullDecode)
+		partial, ok2 := patchVia(t, raw, decodeForPatch)
+		if ok1 != ok2 || !reflect.DeepEqual(full, partial) {
+			t.Fatalf("partial decode diverges for %s:\nfull:    %s\npartial: %s", raw, full, partial)
+		}
+	})
+}
