@@ -3,17 +3,17 @@ package deploy
 import (
 	"flag"
 	"io"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/pmem-webhook/pmem-webhook/certs/bootstrap"
 	"github.com/pmem-webhook/pmem-webhook/config"
 )
 
 // serverFlags mirrors the flags cmd/pmem-webhook defines itself (package main cannot be
-// imported); the injection flags come from the real config.Register, so the injection settings
-// the manifests pass are parsed and validated by the webhook's own code.
+// imported); the injection flags come from the real config.Register and the self-signed flags
+// from the real bootstrap.Register, so the settings the manifests pass are parsed and validated
+// by the webhook's own code.
 func serverFlags(fs *flag.FlagSet) {
 	fs.String("bind-address", "", "")
 	fs.Int("port", 9443, "")
@@ -23,10 +23,6 @@ func serverFlags(fs *flag.FlagSet) {
 	fs.Duration("shutdown-timeout", 0, "")
 	fs.Int("v", 0, "")
 }
-
-// selfSignedFlags are the flags the chart's certs.mode=selfSigned passes (see docs/deploy.md);
-// they are not part of the server yet, so they are dropped before parsing.
-var selfSignedFlags = []string{"--self-signed", "--webhook-config-name", "--service-name", "--namespace", "--cert-secret-name", "--cert-validity"}
 
 func TestManifestArgsParse(t *testing.T) {
 	k, err := RenderDefault()
@@ -48,17 +44,12 @@ func TestManifestArgsParse(t *testing.T) {
 	for name, m := range renderings {
 		t.Run(name, func(t *testing.T) {
 			r := decodeAll(t, m)
-			var args []string
-			for _, a := range r.deployment.Spec.Template.Spec.Containers[0].Args {
-				flagName, _, _ := strings.Cut(a, "=")
-				if !slices.Contains(selfSignedFlags, flagName) {
-					args = append(args, a)
-				}
-			}
+			args := r.deployment.Spec.Template.Spec.Containers[0].Args
 			fs := flag.NewFlagSet("pmem-webhook", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			serverFlags(fs)
 			inject := config.Register(fs)
+			selfSigned := bootstrap.Register(fs)
 			if err := fs.Parse(args); err != nil {
 				t.Fatalf("the webhook would reject its args %v: %v", args, err)
 			}
@@ -71,6 +62,31 @@ func TestManifestArgsParse(t *testing.T) {
 			}
 			if cfg.MemkindImage == "" || cfg.DefaultStorageClass != "csi-pmem-direct" || cfg.SizeFactor <= 0 {
 				t.Errorf("loaded config %+v", cfg)
+			}
+			boot, err := selfSigned.Load()
+			if err != nil {
+				t.Fatalf("self-signed settings %v: %v", args, err)
+			}
+			if wantSelfSigned := name == "helm selfSigned"; (boot != nil) != wantSelfSigned {
+				t.Errorf("self-signed mode on = %v, want %v", boot != nil, wantSelfSigned)
+			}
+			if boot != nil {
+				// The names the chart gives the Secret, the Service and the configuration.
+				want := bootstrap.Options{
+					Namespace: Namespace, ServiceName: "pmem-webhook", SecretName: "pmem-webhook-serving-cert",
+					WebhookConfigName: "pmem-webhook", CertValidity: 8760 * time.Hour, CAValidity: 3 * 8760 * time.Hour,
+					CABundlePropagation: bootstrap.DefaultCABundlePropagation,
+				}
+				if *boot != want {
+					t.Errorf("self-signed options %+v, want %+v", *boot, want)
+				}
+				for _, kind := range []struct{ kind, name string }{
+					{"Secret", boot.SecretName}, {"Service", boot.ServiceName}, {"MutatingWebhookConfiguration", boot.WebhookConfigName},
+				} {
+					if _, err := Find(r.objs, kind.kind, kind.name); err != nil {
+						t.Errorf("--self-signed names a %s that the chart does not render: %v", kind.kind, err)
+					}
+				}
 			}
 			if d := fs.Lookup("shutdown-timeout").Value.(flag.Getter).Get().(time.Duration); d <= 0 {
 				t.Errorf("--shutdown-timeout %s, want > 0", d)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/pmem-webhook/pmem-webhook/certs/bootstrap"
 	"github.com/pmem-webhook/pmem-webhook/config"
 	"github.com/pmem-webhook/pmem-webhook/server"
 )
@@ -42,6 +43,7 @@ func run(args []string) error {
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long in-flight admissions may take to finish on SIGTERM")
 	fs.IntVar(&logLevel, "v", 0, "log verbosity: 0 logs decisions that change or deny a pod, 1 also pass-throughs")
 	inject := config.Register(fs)
+	selfSigned := bootstrap.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -53,6 +55,10 @@ func run(args []string) error {
 		return err
 	}
 	o.Config = cfg
+	boot, err := selfSigned.Load()
+	if err != nil {
+		return err
+	}
 
 	// Structured JSON logs through the standard library; logr is what
 	// controller-runtime's pieces expect.
@@ -62,5 +68,21 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if boot != nil {
+		// The server waits for the cert files the bootstrapper writes into
+		// --cert-dir and reloads them when it rotates.
+		restCfg, err := selfSigned.RESTConfig()
+		if err != nil {
+			return err
+		}
+		boot.CertDir, boot.Log = o.CertDir, o.Log
+		b, err := bootstrap.New(restCfg, *boot)
+		if err != nil {
+			return err
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); _ = b.Run(ctx) }()
+		defer func() { stop(); <-done }()
+	}
 	return server.Run(ctx, o)
 }

@@ -1,0 +1,705 @@
+// Package kubelet runs a real node on this machine for the kubelet e2e provider: containerd
+// (Debian's, with runc and the CNI plugins from Debian's containernetworking-plugins), a
+// kubelet and a kube-scheduler built from source (test/controlplane/build-node.sh), attached
+// to a control plane from test/cluster. Everything is root, talks over loopback (the pods sit
+// on a private bridge) and is torn down by Stop: pods, shims, mounts, network namespaces,
+// the bridge and the working directory.
+//
+// Settings measured on these machines (docs/e2e.md has the why of each):
+//   - containerd CRI restrict_oom_score_adj = true: the VM lacks CAP_SYS_RESOURCE, and runc
+//     fails with "can't get final child's PID from pipe: EOF" otherwise;
+//   - kubelet failCgroupV1: false, cgroupDriver: cgroupfs (cgroup v1 hybrid, no systemd);
+//   - sandbox_image: a static pause image built here and imported (no registry);
+//   - the node is named "localhost": the kubelet refuses a loopback --node-ip, but the
+//     apiserver dials a node by its Hostname address first, and "localhost" resolves to the
+//     loopback address the kubelet listens on.
+package kubelet
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/pmem-webhook/pmem-webhook/test/images"
+)
+
+// NodeName is the node's name and Hostname address (see the package comment).
+const NodeName = "localhost"
+
+// Binaries of the node, built by test/controlplane/build-node.sh next to the control plane's.
+const (
+	BinKubelet   = "kubelet"
+	BinScheduler = "kube-scheduler"
+)
+
+// System binaries from Debian packages (containerd, runc, containernetworking-plugins).
+var (
+	Containerd = "containerd"
+	Ctr        = "ctr"
+	CNIBinDir  = "/usr/lib/cni"
+)
+
+// Pod network: a bridge private to this node; the host is its gateway, so the apiserver
+// reaches the webhook's pods directly (--enable-aggregator-routing).
+const (
+	BridgeName = "pmem-e2e0"
+	PodSubnet  = "10.244.77.0/24"
+)
+
+// ErrPrerequisites wraps what is missing on the machine (binaries, root).
+var ErrPrerequisites = errors.New("kubelet provider prerequisites missing")
+
+// Options configure New.
+type Options struct {
+	// BinDir holds kubelet and kube-scheduler.
+	BinDir string
+	// Logf reports progress; nil discards it.
+	Logf func(format string, args ...any)
+	// SaveLogsTo, if set, receives a copy of the node's logs when Stop removes Dir.
+	SaveLogsTo string
+}
+
+// Node is a containerd + kubelet + kube-scheduler on this machine.
+type Node struct {
+	// Dir is the working directory: configs, logs (<name>.log), containerd's root, kubelet's
+	// root, the hostPath volumes.
+	Dir string
+	// Socket is containerd's address.
+	Socket string
+
+	opts     Options
+	pki      *kubeletClientPKI
+	procs    []*process
+	netnsPre map[string]bool
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// New checks prerequisites and prepares the node's directory and the kubelet client
+// certificate. The control plane must then be started with ControlPlaneArgs and
+// ControlPlaneControllers, and Start called with it.
+func New(opts Options) (*Node, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: the kubelet provider must run as root", ErrPrerequisites)
+	}
+	var missing []string
+	for _, b := range []string{filepath.Join(opts.BinDir, BinKubelet), filepath.Join(opts.BinDir, BinScheduler)} {
+		if st, err := os.Stat(b); err != nil || st.Mode()&0o111 == 0 {
+			missing = append(missing, b+" (make node-bins)")
+		}
+	}
+	for _, b := range []string{Containerd, Ctr, "runc", "containerd-shim-runc-v2", "iptables", "mount", "ip"} {
+		if _, err := exec.LookPath(b); err != nil {
+			missing = append(missing, b+" (apt-get install containerd runc containernetworking-plugins iptables)")
+		}
+	}
+	for _, p := range []string{"bridge", "host-local", "loopback"} {
+		if _, err := os.Stat(filepath.Join(CNIBinDir, p)); err != nil {
+			missing = append(missing, filepath.Join(CNIBinDir, p)+" (apt-get install containernetworking-plugins)")
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%w: %s", ErrPrerequisites, strings.Join(missing, ", "))
+	}
+	// A short path: containerd's socket must fit in sun_path (108 bytes).
+	dir, err := os.MkdirTemp("", "pmem-node-")
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{Dir: dir, Socket: filepath.Join(dir, "containerd.sock"), opts: opts}
+	if n.pki, err = newKubeletClientPKI(filepath.Join(dir, "pki"), 24*time.Hour); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) logf(format string, args ...any) {
+	if n.opts.Logf != nil {
+		n.opts.Logf(format, args...)
+	}
+}
+
+// ControlPlaneArgs are the kube-apiserver flags the node needs: admission webhooks and
+// aggregated APIs called at their endpoints (pod IPs on the bridge; there is no kube-proxy
+// for Service IPs), and a client certificate the kubelet accepts for logs/exec/port-forward,
+// dialled by the node's Hostname address.
+func (n *Node) ControlPlaneArgs() []string {
+	return []string{
+		"--enable-aggregator-routing=true",
+		"--kubelet-client-certificate=" + n.pki.CertFile,
+		"--kubelet-client-key=" + n.pki.KeyFile,
+		"--kubelet-preferred-address-types=Hostname,InternalIP",
+	}
+}
+
+// ControlPlaneControllers are the controllers a node with pods needs besides test/cluster's:
+// EndpointSlices (Service -> webhook pods), PV binding (the pmem PVCs to the hostPath PVs) and
+// the PodDisruptionBudget status of the webhook's PDB.
+func (n *Node) ControlPlaneControllers() []string {
+	return []string{
+		"endpointslice-controller",
+		"persistentvolume-binder-controller",
+		"disruption-controller",
+	}
+}
+
+// StartOptions say what to attach the node to.
+type StartOptions struct {
+	// Config and KubeconfigFile are the control plane's admin credentials.
+	Config         *rest.Config
+	KubeconfigFile string
+	// Images are imported into containerd before the kubelet starts; one must be PauseRef.
+	Images []images.Built
+	// Timeout bounds the start-up; 0 means 3 minutes.
+	Timeout time.Duration
+}
+
+// Start starts containerd, imports the images, starts the kubelet and the scheduler, and
+// returns once the node is Ready. On error everything started is stopped (not the dir).
+func (n *Node) Start(ctx context.Context, so StartOptions) (err error) {
+	if so.Timeout == 0 {
+		so.Timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, so.Timeout)
+	defer cancel()
+	defer func() {
+		if err != nil {
+			n.stopProcesses()
+			n.forceCleanup()
+		}
+	}()
+	n.netnsPre = listNetns()
+
+	start := time.Now()
+	if err := n.startContainerd(ctx); err != nil {
+		return err
+	}
+	n.logf("containerd ready (%s)", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	for _, img := range so.Images {
+		if err := n.ctr(ctx, "images", "import", img.Archive); err != nil {
+			return fmt.Errorf("import %s: %w", img.Ref, err)
+		}
+	}
+	n.logf("%d images imported (%s)", len(so.Images), time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	if err := n.startKubelet(ctx, so); err != nil {
+		return err
+	}
+	n.logf("kubelet: node %s Ready (%s)", NodeName, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	if err := n.startScheduler(ctx, so); err != nil {
+		return err
+	}
+	n.logf("kube-scheduler ready (%s)", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (n *Node) start(name, bin string, args []string, env ...string) (*process, error) {
+	p, err := startProcess(name, bin, args, n.Dir, env)
+	if err != nil {
+		return nil, err
+	}
+	n.procs = append(n.procs, p)
+	return p, nil
+}
+
+// LogFile is the log of one of the node's processes ("containerd", "kubelet", "kube-scheduler").
+func (n *Node) LogFile(name string) string { return filepath.Join(n.Dir, name+".log") }
+
+const containerdConfig = `version = 2
+root = %[1]q
+state = %[2]q
+# Only what the CRI needs; the other snapshotters only log errors on this machine.
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = %[3]q
+
+[ttrpc]
+  address = %[4]q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %[5]q
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # The VM lacks CAP_SYS_RESOURCE: lowering oom_score_adj below the runtime's own fails in
+  # runc ("can't get final child's PID from pipe: EOF").
+  restrict_oom_score_adj = true
+  sandbox_image = %[6]q
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  tolerate_missing_hugetlb_controller = true
+  disable_hugetlb_controller = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %[7]q
+    conf_dir = %[8]q
+    max_conf_num = 1
+`
+
+const cniConflist = `{
+  "cniVersion": "1.0.0",
+  "name": "pmem-e2e",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": %[1]q,
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{"subnet": %[2]q}]],
+        "dataDir": %[3]q
+      }
+    }
+  ]
+}
+`
+
+func (n *Node) startContainerd(ctx context.Context) error {
+	cniConf := filepath.Join(n.Dir, "cni", "net.d")
+	if err := os.MkdirAll(cniConf, 0o755); err != nil {
+		return err
+	}
+	conflist := fmt.Sprintf(cniConflist, BridgeName, PodSubnet, filepath.Join(n.Dir, "cni", "ipam"))
+	if err := os.WriteFile(filepath.Join(cniConf, "10-pmem-e2e.conflist"), []byte(conflist), 0o644); err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(n.Dir, "containerd.toml")
+	cfg := fmt.Sprintf(containerdConfig,
+		filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
+		n.Socket, n.Socket+".ttrpc", filepath.Join(n.Dir, "containerd", "opt"),
+		"docker.io/"+images.PauseRef, CNIBinDir, cniConf)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	p, err := n.start("containerd", Containerd, []string{"--config", cfgPath, "--log-level", "info"})
+	if err != nil {
+		return err
+	}
+	return p.waitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+		return n.ctr(ctx, "version")
+	})
+}
+
+// ctr runs `ctr -n k8s.io` against this node's containerd.
+func (n *Node) ctr(ctx context.Context, args ...string) error {
+	_, err := n.ctrOutput(ctx, args...)
+	return err
+}
+
+func (n *Node) ctrOutput(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	full := append([]string{"--address", n.Socket, "-n", "k8s.io"}, args...)
+	out, err := exec.CommandContext(ctx, Ctr, full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: %[1]d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %[2]d
+containerRuntimeEndpoint: unix://%[3]s
+# cgroup v1 (hybrid) and no systemd here.
+cgroupDriver: cgroupfs
+failCgroupV1: false
+failSwapOn: false
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: false
+  x509:
+    clientCAFile: %[4]q
+# Only the apiserver holds a certificate of that CA.
+authorization:
+  mode: AlwaysAllow
+resolvConf: /etc/resolv.conf
+# A test node on a shared disk: never evict or garbage-collect the imported images.
+evictionHard:
+  memory.available: "1Mi"
+  nodefs.available: "1%%"
+  nodefs.inodesFree: "1%%"
+  imagefs.available: "1%%"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+# React quickly: the features wait for pods and their deletion.
+syncFrequency: 10s
+nodeStatusUpdateFrequency: 5s
+maxPods: 50
+volumePluginDir: %[5]q
+`
+
+func (n *Node) startKubelet(ctx context.Context, so StartOptions) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	healthPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(n.Dir, "kubelet.yaml")
+	cfg := fmt.Sprintf(kubeletConfig, port, healthPort, n.Socket, n.pki.CAFile, filepath.Join(n.Dir, "kubelet", "volume-plugins"))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	p, err := n.start(BinKubelet, filepath.Join(n.opts.BinDir, BinKubelet), []string{
+		"--config=" + cfgPath,
+		"--kubeconfig=" + so.KubeconfigFile,
+		"--root-dir=" + filepath.Join(n.Dir, "kubelet"),
+		"--cert-dir=" + filepath.Join(n.Dir, "kubelet", "pki"),
+		"--hostname-override=" + NodeName,
+		"--v=1",
+	})
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(so.Config)
+	if err != nil {
+		return err
+	}
+	return p.waitFor(ctx, 250*time.Millisecond, func(ctx context.Context) error {
+		node, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				if c.Status == corev1.ConditionTrue {
+					return nil
+				}
+				return fmt.Errorf("node %s not Ready: %s: %s", NodeName, c.Reason, c.Message)
+			}
+		}
+		return fmt.Errorf("node %s has no Ready condition yet", NodeName)
+	})
+}
+
+func (n *Node) startScheduler(ctx context.Context, so StartOptions) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	p, err := n.start(BinScheduler, filepath.Join(n.opts.BinDir, BinScheduler), []string{
+		"--kubeconfig=" + so.KubeconfigFile,
+		"--authentication-kubeconfig=" + so.KubeconfigFile,
+		"--authorization-kubeconfig=" + so.KubeconfigFile,
+		"--bind-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--cert-dir=" + filepath.Join(n.Dir, "scheduler"),
+		"--leader-elect=false",
+		"--profiling=false",
+	})
+	if err != nil {
+		return err
+	}
+	// Its own self-signed serving certificate on loopback: nothing to verify against.
+	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback health probe
+	}}
+	url := "https://127.0.0.1:" + strconv.Itoa(port) + "/readyz"
+	return p.waitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := insecure.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		return nil
+	})
+}
+
+// Stop removes every pod from the node and stops it: first through the API (namespaces other
+// than the system ones are deleted and the kubelet tears their pods down properly, CNI
+// included) when cfg is given, bounded by a minute; then the processes; then whatever is
+// left (tasks, shims of this containerd, mounts under Dir, new network namespaces, the
+// bridge); then Dir. Safe to call more than once.
+func (n *Node) Stop(cfg *rest.Config) error {
+	n.stopOnce.Do(func() {
+		if cfg != nil {
+			if err := drain(cfg, 90*time.Second); err != nil {
+				n.logf("drain: %v (forcing)", err)
+			}
+		}
+		n.stopProcesses()
+		n.forceCleanup()
+		if n.opts.SaveLogsTo != "" {
+			if err := SaveLogs(n.Dir, n.opts.SaveLogsTo); err != nil {
+				n.logf("save logs: %v", err)
+			}
+		}
+		if err := os.RemoveAll(n.Dir); err != nil {
+			n.stopErr = fmt.Errorf("remove %s: %w", n.Dir, err)
+		}
+	})
+	return n.stopErr
+}
+
+// drain deletes the non-system namespaces and the pods left in the system ones, and waits
+// until no pod is left on the node.
+func drain(cfg *rest.Config, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	system := map[string]bool{"default": true, "kube-system": true, "kube-public": true, "kube-node-lease": true}
+	for _, ns := range nss.Items {
+		if !system[ns.Name] {
+			if err := cs.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return err
+			}
+		}
+	}
+	grace := int64(2)
+	for ns := range system {
+		_ = cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &grace}, metav1.ListOptions{})
+	}
+	for {
+		pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + NodeName})
+		if err == nil && len(pods.Items) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			left := -1
+			if pods != nil {
+				left = len(pods.Items)
+			}
+			return fmt.Errorf("%d pods still on the node after %s", left, timeout)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) stopProcesses() {
+	// Scheduler and kubelet first, containerd last: the kubelet must not restart what the
+	// force clean-up below removes.
+	var containerd *process
+	for i := len(n.procs) - 1; i >= 0; i-- {
+		if n.procs[i].name == "containerd" {
+			containerd = n.procs[i]
+			continue
+		}
+		n.procs[i].stop(15 * time.Second)
+	}
+	if containerd != nil {
+		if done, _ := containerd.exited(); !done {
+			n.killTasks()
+		}
+		containerd.stop(15 * time.Second)
+	}
+}
+
+// killTasks kills and removes every container of the k8s.io namespace with ctr (what the
+// kubelet did not remove because it was stopped first).
+func (n *Node) killTasks() {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := n.ctrOutput(ctx, "containers", "list", "-q")
+	if err != nil {
+		n.logf("list containers: %v", err)
+		return
+	}
+	ids := strings.Fields(out)
+	for _, id := range ids {
+		_ = n.ctr(ctx, "tasks", "kill", "--signal", "SIGKILL", id)
+	}
+	for _, id := range ids {
+		for i := 0; i < 20; i++ {
+			if err := n.ctr(ctx, "tasks", "delete", "--force", id); err == nil || strings.Contains(err.Error(), "not found") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		_ = n.ctr(ctx, "containers", "delete", id)
+	}
+	if len(ids) > 0 {
+		n.logf("removed %d containers the kubelet left", len(ids))
+	}
+}
+
+// forceCleanup removes what outlives containerd: its shims (they daemonize out of its process
+// group; found by this containerd's unique socket address), mounts under Dir, network
+// namespaces created since Start, and the bridge.
+func (n *Node) forceCleanup() {
+	for _, pid := range shimsOf(n.Socket) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		n.logf("killed leftover shim %d", pid)
+	}
+	for _, m := range mountsUnder(n.Dir) {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			n.logf("unmount %s: %v", m, err)
+		}
+	}
+	for ns := range listNetns() {
+		if n.netnsPre != nil && !n.netnsPre[ns] {
+			p := filepath.Join("/var/run/netns", ns)
+			_ = syscall.Unmount(p, syscall.MNT_DETACH)
+			_ = os.Remove(p)
+		}
+	}
+	_ = exec.Command("ip", "link", "delete", BridgeName).Run()
+}
+
+// shimsOf finds the containerd-shim processes serving the containerd at socket.
+func shimsOf(socket string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "containerd-shim") {
+			continue
+		}
+		for i, a := range args {
+			if a == "-address" && i+1 < len(args) && args[i+1] == socket {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// mountsUnder lists the mount points under dir, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var ms []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			ms = append(ms, fields[4])
+		}
+	}
+	for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
+		ms[i], ms[j] = ms[j], ms[i]
+	}
+	return ms
+}
+
+func listNetns() map[string]bool {
+	m := map[string]bool{}
+	entries, _ := os.ReadDir("/var/run/netns")
+	for _, e := range entries {
+		m[e.Name()] = true
+	}
+	return m
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ContainerRootReadOnly reports whether the OCI spec containerd ran a container with (by the
+// ID in a pod's container status, "containerd://<id>") had a read-only root filesystem, and
+// the uid it ran as: what the kubelet and runc made of the securityContext, not what the pod
+// asked for.
+func (n *Node) ContainerRootReadOnly(ctx context.Context, containerID string) (readOnly bool, uid uint32, err error) {
+	id := strings.TrimPrefix(containerID, "containerd://")
+	out, err := n.ctrOutput(ctx, "containers", "info", id)
+	if err != nil {
+		return false, 0, err
+	}
+	var info struct {
+		Spec struct {
+			Root struct {
+				Readonly bool `json:"readonly"`
+			} `json:"root"`
+			Process struct {
+				User struct {
+					UID uint32 `json:"uid"`
+				} `json:"user"`
+			} `json:"process"`
+		} `json:"Spec"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return false, 0, fmt.Errorf("ctr containers info %s: %w", id, err)
+	}
+	return info.Spec.Root.Readonly, info.Spec.Process.User.UID, nil
+}
+
+// SaveLogs copies the *.log files of directory from (a node's or a control plane's Dir)
+// into to.
+func SaveLogs(from, to string) error {
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		return err
+	}
+	logs, _ := filepath.Glob(filepath.Join(from, "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(to, filepath.Base(l)), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
