@@ -23,6 +23,8 @@ import (
 var resources = map[string]schema.GroupVersionResource{
 	"Namespace":                    {Version: "v1", Resource: "namespaces"},
 	"ServiceAccount":               {Version: "v1", Resource: "serviceaccounts"},
+	"ClusterRole":                  {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":           {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
 	"Service":                      {Version: "v1", Resource: "services"},
 	"Deployment":                   {Group: "apps", Version: "v1", Resource: "deployments"},
 	"PodDisruptionBudget":          {Group: "policy", Version: "v1", Resource: "poddisruptionbudgets"},

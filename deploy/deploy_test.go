@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +61,45 @@ type rendered struct {
 	certificates   map[string]*cmv1.Certificate
 	clusterRoles   []*rbacv1.ClusterRole
 	roles          []*rbacv1.Role
+}
+
+var clusterScoped = map[string]bool{"Namespace": true, "MutatingWebhookConfiguration": true, "ClusterRole": true, "ClusterRoleBinding": true}
+
+// checkClaimsRBAC checks the claim check's permission - get on PVCs, nothing else - and that it is
+// bound to the webhook's ServiceAccount, whose token the Deployment mounts; then it removes the
+// role and its binding from r so callers can assert on the rest.
+func checkClaimsRBAC(t *testing.T, r *rendered, name string) {
+	t.Helper()
+	i := slices.IndexFunc(r.clusterRoles, func(cr *rbacv1.ClusterRole) bool { return cr.Name == name })
+	if i < 0 {
+		t.Fatalf("no ClusterRole %s for the claim check", name)
+	}
+	want := []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"get"}}}
+	if !reflect.DeepEqual(r.clusterRoles[i].Rules, want) {
+		t.Errorf("ClusterRole %s rules %+v, want only get on persistentvolumeclaims", name, r.clusterRoles[i].Rules)
+	}
+	r.clusterRoles = slices.Delete(r.clusterRoles, i, i+1)
+	b, err := Find(r.objs, "ClusterRoleBinding", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rb rbacv1.ClusterRoleBinding
+	if err := DecodeStrict(b, &rb); err != nil {
+		t.Fatal(err)
+	}
+	if rb.RoleRef.Name != name || len(rb.Subjects) != 1 || rb.Subjects[0].Kind != "ServiceAccount" ||
+		rb.Subjects[0].Name != r.serviceAccount.Name || rb.Subjects[0].Namespace != r.serviceAccount.Namespace {
+		t.Errorf("ClusterRoleBinding %s = %+v, want %s bound to ServiceAccount %s/%s", name, rb, name, r.serviceAccount.Namespace, r.serviceAccount.Name)
+	}
+	r.objs = slices.DeleteFunc(r.objs, func(o *unstructured.Unstructured) bool {
+		return o.GetKind() == "ClusterRoleBinding" && o.GetName() == name
+	})
+	if m := r.deployment.Spec.Template.Spec.AutomountServiceAccountToken; m == nil || !*m {
+		t.Errorf("Deployment: want automountServiceAccountToken true (the claim check calls the API server)")
+	}
+	if !slices.Contains(r.deployment.Spec.Template.Spec.Containers[0].Args, "--check-claims=true") {
+		t.Errorf("Deployment args %v lack --check-claims=true", r.deployment.Spec.Template.Spec.Containers[0].Args)
+	}
 }
 
 // decodeAll decodes every object into its API type; an object of a kind the add-on is not expected
@@ -462,15 +502,19 @@ func TestDefault(t *testing.T) {
 		t.Errorf("Namespace %s pod-security enforce = %q, want restricted", Namespace, got)
 	}
 	for _, o := range r.objs {
-		if o.GetKind() != "Namespace" && o.GetKind() != "MutatingWebhookConfiguration" && o.GetNamespace() != Namespace {
+		if clusterScoped[o.GetKind()] {
+			continue
+		}
+		if o.GetNamespace() != Namespace {
 			t.Errorf("%s %s in namespace %q, want %s", o.GetKind(), o.GetName(), o.GetNamespace(), Namespace)
 		}
 	}
+	checkClaimsRBAC(t, r, "pmem-webhook-claims")
 	if len(r.clusterRoles)+len(r.roles) != 0 {
-		t.Errorf("the cert-manager install needs no RBAC, got %d roles", len(r.clusterRoles)+len(r.roles))
+		t.Errorf("the cert-manager install needs no RBAC beyond the claim check, got %d more roles", len(r.clusterRoles)+len(r.roles))
 	}
 	if r.serviceAccount.AutomountServiceAccountToken == nil || *r.serviceAccount.AutomountServiceAccountToken {
-		t.Errorf("ServiceAccount: want automountServiceAccountToken false (the webhook never calls the API server)")
+		t.Errorf("ServiceAccount: want automountServiceAccountToken false (only the webhook's own pods mount the token)")
 	}
 	checkCertManagerWiring(t, r)
 	checkWebhook(t, r, admissionregistrationv1.Fail)

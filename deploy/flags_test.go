@@ -22,6 +22,7 @@ func serverFlags(fs *flag.FlagSet) {
 	fs.String("metrics-addr", "", "")
 	fs.Duration("shutdown-timeout", 0, "")
 	fs.Int("v", 0, "")
+	fs.Bool("check-claims", true, "")
 }
 
 func TestManifestArgsParse(t *testing.T) {

@@ -51,8 +51,9 @@ func TestHelmCertManager(t *testing.T) {
 			checkCertManagerWiring(t, r)
 			checkWebhook(t, r, admissionregistrationv1.Fail)
 			checkDeployment(t, r, 2)
+			checkClaimsRBAC(t, r, tc.wantName+"-claims")
 			if len(r.roles)+len(r.clusterRoles) > 0 {
-				t.Errorf("certManager mode needs no RBAC, got %d roles", len(r.roles)+len(r.clusterRoles))
+				t.Errorf("certManager mode needs no RBAC beyond the claim check, got %d more roles", len(r.roles)+len(r.clusterRoles))
 			}
 		})
 	}
@@ -127,8 +128,9 @@ func TestHelmSelfSigned(t *testing.T) {
 			t.Errorf("%s %s rule %+v, want %v on %s %q only", kind, name, ru, wantVerbs, resource, resourceName)
 		}
 	}
+	checkClaimsRBAC(t, r, r.webhook.Name+"-claims")
 	if len(r.clusterRoles) != 1 || len(r.roles) != 1 {
-		t.Fatalf("got %d ClusterRoles and %d Roles, want 1 each", len(r.clusterRoles), len(r.roles))
+		t.Fatalf("got %d ClusterRoles and %d Roles besides the claim check's, want 1 each", len(r.clusterRoles), len(r.roles))
 	}
 	checkRules("ClusterRole", r.clusterRoles[0].Name, r.clusterRoles[0].Rules, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", r.webhook.Name)
 	checkRules("Role", r.roles[0].Name, r.roles[0].Rules, "", "secrets", secretName)

@@ -46,7 +46,10 @@ type Options struct {
 	// finish after the context is cancelled.
 	ShutdownTimeout time.Duration
 	Config          *patch.Config
-	Log             logr.Logger
+	// Claims, when set, lets the webhook refuse pods whose claim
+	// annotation names a PersistentVolumeClaim that does not exist.
+	Claims webhook.ClaimLookup
+	Log    logr.Logger
 	// Registry receives the metrics; nil creates a private one with the
 	// Go and process collectors.
 	Registry *prometheus.Registry
@@ -95,7 +98,7 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
-	s := &Server{opts: o, handler: &webhook.Handler{Config: o.Config, Metrics: m, Log: o.Log.WithName("admission")}}
+	s := &Server{opts: o, handler: &webhook.Handler{Config: o.Config, Metrics: m, Log: o.Log.WithName("admission"), Claims: o.Claims}}
 
 	if s.webhookL, err = net.Listen("tcp", net.JoinHostPort(o.BindAddress, fmt.Sprint(o.Port))); err != nil {
 		return nil, fmt.Errorf("listen for webhook: %w", err)

@@ -31,6 +31,9 @@ type Handler struct {
 	Config  *patch.Config
 	Metrics *Metrics
 	Log     logr.Logger
+	// Claims, when set, refuses pods whose claim annotation names a
+	// PersistentVolumeClaim that does not exist.
+	Claims ClaimLookup
 	// now is replaceable so tests never depend on the clock.
 	now func() time.Time
 }
@@ -44,9 +47,9 @@ var allowed = admission.Response{AdmissionResponse: admissionv1.AdmissionRespons
 var optInKey = []byte(`"` + patch.AnnotationDirect + `"`)
 
 // Handle implements admission.Handler.
-func (h *Handler) Handle(_ context.Context, req admission.Request) admission.Response {
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
 	start := h.clock()
-	resp, decision := h.handle(req)
+	resp, decision := h.handle(ctx, req)
 	h.Metrics.observe(decision, h.clock().Sub(start).Seconds())
 	return resp
 }
@@ -58,7 +61,7 @@ func (h *Handler) clock() time.Time {
 	return time.Now()
 }
 
-func (h *Handler) handle(req admission.Request) (admission.Response, string) {
+func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
 	if req.Operation != admissionv1.Create || req.Kind.Kind != "Pod" || req.Kind.Group != "" {
 		return allowed, DecisionSkipped
 	}
@@ -100,6 +103,15 @@ func (h *Handler) handle(req admission.Request) (admission.Response, string) {
 	case res.Decision != patch.Injected:
 		log.V(1).Info("skipped", "reason", string(res.Decision))
 		return allowed, DecisionSkipped
+	}
+
+	denial, warning := h.checkClaim(ctx, req.Namespace, pod.Annotations[patch.AnnotationClaim])
+	if denial != nil {
+		log.Info("denied", "reason", denial.Error())
+		return admission.Denied("pmem-webhook: " + denial.Error()), DecisionDenied
+	}
+	if warning != "" {
+		res.Warnings = append(res.Warnings, warning)
 	}
 
 	ops, err := BuildPatch(pod, res.Pod)

@@ -94,7 +94,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var resp admission.Response
-	resp, decision = h.handle(req)
+	resp, decision = h.handle(r.Context(), req)
 	// Direct assignment of a shared slice: Header.Set allocates one per call.
 	w.Header()["Content-Type"] = jsonContentType
 	if resp.Allowed && len(resp.Patches) == 0 && len(resp.Warnings) == 0 && (resp.Result == nil || resp.Result.Message == "") {

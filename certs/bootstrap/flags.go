@@ -35,7 +35,7 @@ func Register(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&f.secretName, "cert-secret-name", "", "self-signed: existing Secret the replicas share the CA and certificate through")
 	fs.DurationVar(&f.certValidity, "cert-validity", 8760*time.Hour, "self-signed: validity of the serving certificate; renewed after 2/3 of it")
 	fs.DurationVar(&f.caValidity, "ca-validity", 0, "self-signed: validity of the CA; 0 means 3 x --cert-validity. Rotated after 2/3 of it")
-	fs.StringVar(&f.kubecf, "kubeconfig", "", "self-signed: kubeconfig file (default: in-cluster service account)")
+	fs.StringVar(&f.kubecf, "kubeconfig", "", "kubeconfig file for the webhook's API calls (self-signed mode, claim checks); default: the in-cluster service account")
 	return f
 }
 
@@ -47,7 +47,7 @@ func (f *Flags) Load() (*Options, error) {
 		var stray []string
 		f.fs.Visit(func(fl *flag.Flag) {
 			switch fl.Name {
-			case "webhook-config-name", "service-name", "namespace", "cert-secret-name", "cert-validity", "ca-validity", "kubeconfig":
+			case "webhook-config-name", "service-name", "namespace", "cert-secret-name", "cert-validity", "ca-validity":
 				stray = append(stray, "--"+fl.Name)
 			}
 		})
@@ -108,6 +108,6 @@ func (f *Flags) RESTConfig() (*rest.Config, error) {
 	} else if cfg, err = clientcmd.BuildConfigFromFlags("", f.kubecf); err != nil {
 		return nil, fmt.Errorf("--kubeconfig=%s: %w", f.kubecf, err)
 	}
-	cfg.UserAgent = "pmem-webhook/self-signed"
+	cfg.UserAgent = "pmem-webhook"
 	return cfg, nil
 }

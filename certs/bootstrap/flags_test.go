@@ -25,7 +25,7 @@ func TestFlagsLoad(t *testing.T) {
 			Namespace: "pmem-system", ServiceName: "pmem-webhook", SecretName: "pmem-webhook-serving-cert", WebhookConfigName: "pmem-webhook",
 			CertValidity: 100 * time.Hour, CAValidity: 1000 * time.Hour, CABundlePropagation: DefaultCABundlePropagation,
 		}},
-		{name: "flag without --self-signed", args: []string{"--service-name=x", "--kubeconfig=/k"}, wantErr: "--kubeconfig, --service-name only apply with --self-signed"},
+		{name: "flag without --self-signed", args: []string{"--service-name=x", "--kubeconfig=/k"}, wantErr: "--service-name only apply with --self-signed"},
 		{name: "missing secret", args: base[:4], wantErr: "needs --cert-secret-name"},
 		{name: "bad service name", args: append(base, "--service-name=Pmem_Webhook"), wantErr: `--service-name="Pmem_Webhook"`},
 		{name: "bad namespace", args: append(base, "--namespace=a.b"), wantErr: `--namespace="a.b"`},

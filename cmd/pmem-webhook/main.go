@@ -13,10 +13,13 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/pmem-webhook/pmem-webhook/certs/bootstrap"
 	"github.com/pmem-webhook/pmem-webhook/config"
+	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/server"
+	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
 
 func main() {
@@ -29,8 +32,9 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("pmem-webhook", flag.ContinueOnError)
 	var (
-		o        server.Options
-		logLevel int
+		o           server.Options
+		logLevel    int
+		checkClaims bool
 	)
 	fs.StringVar(&o.BindAddress, "bind-address", "", "address the webhook listens on (empty: all)")
 	fs.IntVar(&o.Port, "port", 9443, "TLS port of the webhook")
@@ -41,6 +45,7 @@ func run(args []string) error {
 	fs.StringVar(&o.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":8080", "address of /metrics (empty disables)")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long in-flight admissions may take to finish on SIGTERM")
+	fs.BoolVar(&checkClaims, "check-claims", true, "refuse pods whose "+patch.AnnotationClaim+" names a PersistentVolumeClaim that does not exist (RBAC: get persistentvolumeclaims); without it such pods are admitted and stay Pending")
 	fs.IntVar(&logLevel, "v", 0, "log verbosity: 0 logs decisions that change or deny a pod, 1 also pass-throughs")
 	inject := config.Register(fs)
 	selfSigned := bootstrap.Register(fs)
@@ -65,6 +70,18 @@ func run(args []string) error {
 	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-logLevel)})
 	o.Log = logr.FromSlogHandler(handler)
 	o.Log.Info("starting", "config", config.String(cfg))
+
+	if checkClaims {
+		// Fail soft: a webhook that cannot reach the API still injects;
+		// claim pods then get a warning instead of a check.
+		if restCfg, err := selfSigned.RESTConfig(); err != nil {
+			o.Log.Error(err, "claim checks disabled: no API client configuration (pass --check-claims=false to silence this)")
+		} else if clients, err := kubernetes.NewForConfig(restCfg); err != nil {
+			o.Log.Error(err, "claim checks disabled")
+		} else {
+			o.Claims = webhook.APIClaimLookup{Client: clients}
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

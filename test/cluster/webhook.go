@@ -11,11 +11,13 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/funcr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/pmem-webhook/pmem-webhook/certs"
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/server"
+	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
 
 // Webhook is the pmem webhook served in-process (server.Run, exactly what
@@ -87,6 +89,12 @@ func StartWebhook(ctx context.Context, cfg *rest.Config, dir string, injection *
 		fmt.Fprintf(logFile, "%s %s %s\n", time.Now().Format(time.RFC3339Nano), prefix, args)
 	}, funcr.Options{Verbosity: 1})
 
+	// As deployed (--check-claims defaults to on): claim annotations are
+	// checked against the apiserver.
+	clients, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("webhook claim lookups: %w", err)
+	}
 	srv, err := server.New(server.Options{
 		BindAddress: "127.0.0.1",
 		Port:        0,
@@ -96,6 +104,7 @@ func StartWebhook(ctx context.Context, cfg *rest.Config, dir string, injection *
 		// Tests stop the webhook only after their last admission.
 		ShutdownTimeout: 5 * time.Second,
 		Config:          &conf,
+		Claims:          webhook.APIClaimLookup{Client: clients},
 		Log:             log,
 	})
 	if err != nil {
