@@ -26,12 +26,12 @@ install-plugin:
 	$(GO) build -o $(PLUGIN_DIR)/kubectl-pmem ./cmd/pmem-inject
 	@echo "installed $(PLUGIN_DIR)/kubectl-pmem; try: kubectl pmem inject -f deploy/examples/redis-pmem.yaml"
 
-## test: lint, unit tests, then the node, control-plane and manifest tiers (the README's test command)
-test: lint unit test-node test-controlplane
+## test: lint, unit tests, then the node, control-plane, self-signed and reliability tiers (the README's test command)
+test: lint unit test-node test-controlplane test-selfsigned
 
-## unit: go test on every package except the tiers under test/ (they have their own targets)
+## unit: fast tests: every package except the tiers under test/, -short (no control plane)
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/test/')
+	$(GO) test -short -count=1 $$($(GO) list ./... | grep -v '/test/')
 
 ## lint: gofmt and go vet, failing on any finding
 lint: fmt vet
