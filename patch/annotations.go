@@ -108,6 +108,7 @@ func Requested(annotations map[string]string) (bool, error) {
 
 var (
 	ratioPattern   = regexp.MustCompile(`^([0-9]+):([0-9]+)$`)
+	sizePattern    = regexp.MustCompile(`^[+-]?[0-9]{1,20}(\.[0-9]{1,20})?([KMGTPE]i|[kMGTPE]|[eE][0-9]{1,2})?$`)
 	processPattern = regexp.MustCompile(`^[A-Za-z0-9._+-]+$`)
 )
 
@@ -141,7 +142,18 @@ func ParseOptions(annotations map[string]string, cfg *Config) (*Options, error) 
 	}
 
 	if v, ok := annotations[AnnotationSize]; ok {
-		q, err := resource.ParseQuantity(v)
+		var (
+			q   resource.Quantity
+			err error
+		)
+		// The shape is checked before resource.ParseQuantity: it accepts
+		// exponents like 1e999999999, and comparing such a quantity
+		// takes seconds to minutes (found by FuzzParseOptions).
+		if !sizePattern.MatchString(v) {
+			err = fmt.Errorf("not a plain quantity")
+		} else {
+			q, err = resource.ParseQuantity(v)
+		}
 		switch {
 		case err != nil:
 			errs = append(errs, invalid(AnnotationSize, v, "must be a quantity of bytes such as 60Gi or 512Mi"))
