@@ -27,7 +27,7 @@ install-plugin:
 	@echo "installed $(PLUGIN_DIR)/kubectl-pmem; try: kubectl pmem inject -f deploy/examples/redis-pmem.yaml"
 
 ## test: lint, unit tests, then the node, control-plane, self-signed and reliability tiers (the README's test command)
-test: lint unit test-node test-controlplane test-selfsigned
+test: lint unit test-node test-controlplane test-selfsigned test-reliability
 
 ## unit: fast tests: every package except the tiers under test/, -short (no control plane)
 unit:

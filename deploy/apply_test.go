@@ -125,7 +125,8 @@ func TestApplyToAPIServer(t *testing.T) {
 		{"apps", nil, false},
 		{"apps", map[string]string{"other": "x"}, false},
 		{"apps", map[string]string{"pmem.alibabacloud.com/direct": "true"}, true},
-		{"apps", map[string]string{"pmem.alibabacloud.com/direct": "false"}, true}, // the webhook decides about values
+		{"apps", map[string]string{"pmem.alibabacloud.com/direct": "false"}, false}, // opted out: never sent
+		{"apps", map[string]string{"pmem.alibabacloud.com/direct": "yes"}, true},    // the webhook judges other values
 		{"opted-out", map[string]string{"pmem.alibabacloud.com/direct": "true"}, false},
 		{"kube-system", map[string]string{"pmem.alibabacloud.com/direct": "true"}, false},
 		{deploy.Namespace, map[string]string{"pmem.alibabacloud.com/direct": "true"}, false},

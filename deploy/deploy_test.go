@@ -344,7 +344,7 @@ func checkWebhook(t *testing.T, r *rendered, wantFailurePolicy admissionregistra
 	if len(w.MatchConditions) != 1 {
 		t.Fatalf("matchConditions = %+v, want the one annotation filter", w.MatchConditions)
 	}
-	if got, want := w.MatchConditions[0].Expression, `has(object.metadata.annotations) && 'pmem.alibabacloud.com/direct' in object.metadata.annotations`; got != want {
+	if got, want := w.MatchConditions[0].Expression, `has(object.metadata.annotations) && 'pmem.alibabacloud.com/direct' in object.metadata.annotations && object.metadata.annotations['pmem.alibabacloud.com/direct'] != 'false'`; got != want {
 		t.Errorf("matchConditions[0].expression = %q, want %q", got, want)
 	}
 }
