@@ -332,7 +332,7 @@ func (in *injection) build() *corev1.Pod {
 	out.ObjectMeta.Annotations[AnnotationStatus] = StatusInjected
 
 	out.Spec.Volumes = append(slices.Clip(src.Spec.Volumes), in.volumes()...)
-	out.Spec.InitContainers = append(slices.Clip(src.Spec.InitContainers), in.initContainer())
+	out.Spec.InitContainers = append(slices.Clip(src.Spec.InitContainers), InitContainer(in.cfg))
 
 	out.Spec.Containers = slices.Clone(src.Spec.Containers)
 	for k, i := range in.targets {
@@ -425,22 +425,32 @@ func (in *injection) env(env []corev1.EnvVar, sizeLimit int64) []corev1.EnvVar {
 	)
 }
 
-func (in *injection) initContainer() corev1.Container {
+// The init container's resources: it copies ~12 MiB once.
+var (
+	initCPURequest    = resource.MustParse("10m")
+	initMemoryRequest = resource.MustParse("16Mi")
+	initCPULimit      = resource.MustParse("500m")
+	initMemoryLimit   = resource.MustParse("64Mi")
+)
+
+// InitContainer is the init container injected into every pod: it depends
+// only on the cluster configuration, so callers may cache its encoding.
+func InitContainer(cfg *Config) corev1.Container {
 	return corev1.Container{
 		Name:            InitContainerName,
-		Image:           in.cfg.MemkindImage,
+		Image:           cfg.MemkindImage,
 		ImagePullPolicy: corev1.PullIfNotPresent,
 		Command:         []string{InitProgram},
-		Args:            []string{"--dest=" + in.cfg.LibDir},
-		VolumeMounts:    []corev1.VolumeMount{{Name: LibVolumeName, MountPath: in.cfg.LibDir}},
+		Args:            []string{"--dest=" + cfg.LibDir},
+		VolumeMounts:    []corev1.VolumeMount{{Name: LibVolumeName, MountPath: cfg.LibDir}},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{
-				corev1.ResourceCPU:    resource.MustParse("10m"),
-				corev1.ResourceMemory: resource.MustParse("16Mi"),
+				corev1.ResourceCPU:    initCPURequest.DeepCopy(),
+				corev1.ResourceMemory: initMemoryRequest.DeepCopy(),
 			},
 			Limits: corev1.ResourceList{
-				corev1.ResourceCPU:    resource.MustParse("500m"),
-				corev1.ResourceMemory: resource.MustParse("64Mi"),
+				corev1.ResourceCPU:    initCPULimit.DeepCopy(),
+				corev1.ResourceMemory: initMemoryLimit.DeepCopy(),
 			},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,

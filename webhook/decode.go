@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strconv"
 
 	"github.com/buger/jsonparser"
 	corev1 "k8s.io/api/core/v1"
@@ -24,100 +25,126 @@ import (
 // paths to the same patch.
 func decodeForPatch(raw []byte) (*corev1.Pod, error) {
 	pod := &corev1.Pod{}
-	var err error
-	if pod.Name, err = optString(raw, "metadata", "name"); err != nil {
+	var metadata, spec []byte
+	// One pass per object level: jsonparser.Get scans from the start of
+	// its input on every call, and a container with 1,500 env vars is most
+	// of the body.
+	if err := eachField(raw, func(key string, value []byte, _ jsonparser.ValueType) error {
+		switch key {
+		case "metadata":
+			metadata = value
+		case "spec":
+			spec = value
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
-	if pod.GenerateName, err = optString(raw, "metadata", "generateName"); err != nil {
-		return nil, err
+	if metadata != nil {
+		err := eachField(metadata, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
+			switch key {
+			case "name":
+				pod.Name, err = stringValue(value, vt, "metadata.name")
+			case "generateName":
+				pod.GenerateName, err = stringValue(value, vt, "metadata.generateName")
+			case "annotations":
+				pod.Annotations, err = stringMapValue(value, vt, "metadata.annotations")
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	if pod.Annotations, err = stringMap(raw, "metadata", "annotations"); err != nil {
-		return nil, err
+	if spec == nil {
+		return pod, nil
 	}
-	if pod.Spec.NodeSelector, err = stringMap(raw, "spec", "nodeSelector"); err != nil {
-		return nil, err
-	}
-	if pod.Spec.Volumes, err = namedList(raw, func(name string) corev1.Volume { return corev1.Volume{Name: name} }, "spec", "volumes"); err != nil {
-		return nil, err
-	}
-	if pod.Spec.InitContainers, err = namedList(raw, func(name string) corev1.Container { return corev1.Container{Name: name} }, "spec", "initContainers"); err != nil {
-		return nil, err
-	}
-	pod.Spec.Containers, err = containers(raw)
+	err := eachField(spec, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
+		switch key {
+		case "nodeSelector":
+			pod.Spec.NodeSelector, err = stringMapValue(value, vt, "spec.nodeSelector")
+		case "volumes":
+			pod.Spec.Volumes, err = namedList(value, vt, "spec.volumes", func(name string) corev1.Volume { return corev1.Volume{Name: name} })
+		case "initContainers":
+			pod.Spec.InitContainers, err = namedList(value, vt, "spec.initContainers", func(name string) corev1.Container { return corev1.Container{Name: name} })
+		case "containers":
+			pod.Spec.Containers, err = containers(value, vt)
+		}
+		return err
+	})
 	return pod, err
 }
 
-func optString(raw []byte, path ...string) (string, error) {
-	v, err := jsonparser.GetString(raw, path...)
-	if err == jsonparser.KeyPathNotFoundError {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("%v: %w", path, err)
-	}
-	return v, nil
+// eachField calls fn for every member of a JSON object, in one pass.
+func eachField(obj []byte, fn func(key string, value []byte, vt jsonparser.ValueType) error) error {
+	return jsonparser.ObjectEach(obj, func(key, value []byte, vt jsonparser.ValueType, _ int) error {
+		k := string(key)
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var err error
+			if k, err = jsonparser.ParseString(key); err != nil {
+				return err
+			}
+		}
+		return fn(k, value, vt)
+	})
 }
 
-// stringMap mirrors encoding/json: absent or null -> nil map, {} -> empty
+func stringValue(value []byte, vt jsonparser.ValueType, field string) (string, error) {
+	switch vt {
+	case jsonparser.Null:
+		return "", nil
+	case jsonparser.String:
+		return jsonparser.ParseString(value)
+	}
+	return "", fmt.Errorf("%s: want a string", field)
+}
+
+// stringMapValue mirrors encoding/json: null -> nil map, {} -> empty
 // non-nil map.
-func stringMap(raw []byte, path ...string) (map[string]string, error) {
-	v, vt, _, err := jsonparser.Get(raw, path...)
-	if err == jsonparser.KeyPathNotFoundError || vt == jsonparser.Null {
+func stringMapValue(value []byte, vt jsonparser.ValueType, field string) (map[string]string, error) {
+	if vt == jsonparser.Null {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%v: %w", path, err)
-	}
 	if vt != jsonparser.Object {
-		return nil, fmt.Errorf("%v: want an object", path)
+		return nil, fmt.Errorf("%s: want an object", field)
 	}
 	out := map[string]string{}
-	err = jsonparser.ObjectEach(v, func(key, value []byte, vt jsonparser.ValueType, _ int) error {
+	err := eachField(value, func(k string, v []byte, vt jsonparser.ValueType) (err error) {
 		if vt != jsonparser.String {
-			return fmt.Errorf("%v: value of %q is not a string", path, key)
+			return fmt.Errorf("%s: value of %q is not a string", field, k)
 		}
-		k, err := jsonparser.ParseString(key)
-		if err != nil {
-			return err
-		}
-		if out[k], err = jsonparser.ParseString(value); err != nil {
-			return err
-		}
-		return nil
+		out[k], err = jsonparser.ParseString(v)
+		return err
 	})
 	return out, err
 }
 
-// array returns the raw elements of a list; nil for absent/null, empty
-// non-nil for [].
-func array(raw []byte, path ...string) ([][]byte, bool, error) {
-	v, vt, _, err := jsonparser.Get(raw, path...)
-	if err == jsonparser.KeyPathNotFoundError || vt == jsonparser.Null {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("%v: %w", path, err)
+// elements returns the raw elements of a list of objects; nil for null,
+// empty non-nil for [].
+func elements(value []byte, vt jsonparser.ValueType, field string) ([][]byte, error) {
+	if vt == jsonparser.Null {
+		return nil, nil
 	}
 	if vt != jsonparser.Array {
-		return nil, false, fmt.Errorf("%v: want a list", path)
+		return nil, fmt.Errorf("%s: want a list", field)
 	}
-	var elems [][]byte
+	elems := [][]byte{}
 	var elemErr error
-	_, err = jsonparser.ArrayEach(v, func(value []byte, vt jsonparser.ValueType, _ int, _ error) {
+	_, err := jsonparser.ArrayEach(value, func(v []byte, vt jsonparser.ValueType, _ int, _ error) {
 		if vt != jsonparser.Object && elemErr == nil {
-			elemErr = fmt.Errorf("%v: elements must be objects", path)
+			elemErr = fmt.Errorf("%s: elements must be objects", field)
 		}
-		elems = append(elems, value)
+		elems = append(elems, v)
 	})
 	if err == nil {
 		err = elemErr
 	}
-	return elems, true, err
+	return elems, err
 }
 
-func namedList[T any](raw []byte, mk func(string) T, path ...string) ([]T, error) {
-	elems, present, err := array(raw, path...)
-	if err != nil || !present {
+func namedList[T any](value []byte, vt jsonparser.ValueType, field string, mk func(string) T) ([]T, error) {
+	elems, err := elements(value, vt, field)
+	if err != nil || elems == nil {
 		return nil, err
 	}
 	out := make([]T, 0, len(elems))
@@ -131,89 +158,102 @@ func namedList[T any](raw []byte, mk func(string) T, path ...string) ([]T, error
 	return out, nil
 }
 
-func stringList(raw []byte, key string) ([]string, error) {
-	elems, present, err := func() ([][]byte, bool, error) {
-		v, vt, _, err := jsonparser.Get(raw, key)
-		if err == jsonparser.KeyPathNotFoundError || vt == jsonparser.Null {
-			return nil, false, nil
-		}
-		if err != nil || vt != jsonparser.Array {
-			return nil, false, fmt.Errorf("%s: want a list of strings", key)
-		}
-		var out [][]byte
-		var elemErr error
-		_, err = jsonparser.ArrayEach(v, func(value []byte, vt jsonparser.ValueType, _ int, _ error) {
-			if vt != jsonparser.String && elemErr == nil {
-				elemErr = fmt.Errorf("%s: want a list of strings", key)
-			}
-			out = append(out, value)
-		})
-		if err == nil {
-			err = elemErr
-		}
-		return out, true, err
-	}()
-	if err != nil || !present {
-		return nil, err
+func stringListValue(value []byte, vt jsonparser.ValueType, field string) ([]string, error) {
+	if vt == jsonparser.Null {
+		return nil, nil
 	}
-	out := make([]string, len(elems))
-	for i, e := range elems {
-		if out[i], err = jsonparser.ParseString(e); err != nil {
-			return nil, err
-		}
+	if vt != jsonparser.Array {
+		return nil, fmt.Errorf("%s: want a list of strings", field)
 	}
-	return out, nil
+	out := []string{}
+	var elemErr error
+	_, err := jsonparser.ArrayEach(value, func(v []byte, vt jsonparser.ValueType, _ int, _ error) {
+		if elemErr != nil {
+			return
+		}
+		if vt != jsonparser.String {
+			elemErr = fmt.Errorf("%s: want a list of strings", field)
+			return
+		}
+		s, err := jsonparser.ParseString(v)
+		if err != nil {
+			elemErr = err
+		}
+		out = append(out, s)
+	})
+	if err == nil {
+		err = elemErr
+	}
+	return out, err
 }
 
-func containers(raw []byte) ([]corev1.Container, error) {
-	elems, present, err := array(raw, "spec", "containers")
-	if err != nil || !present {
+func containers(value []byte, vt jsonparser.ValueType) ([]corev1.Container, error) {
+	elems, err := elements(value, vt, "spec.containers")
+	if err != nil || elems == nil {
 		return nil, err
 	}
 	out := make([]corev1.Container, len(elems))
 	for i, e := range elems {
 		c := &out[i]
-		if c.Name, err = optString(e, "name"); err != nil {
-			return nil, err
-		}
-		if c.Image, err = optString(e, "image"); err != nil {
-			return nil, err
-		}
-		if c.Command, err = stringList(e, "command"); err != nil {
-			return nil, err
-		}
-		if c.Args, err = stringList(e, "args"); err != nil {
-			return nil, err
-		}
-		if mem, vt, _, err := jsonparser.Get(e, "resources", "limits", "memory"); err != nil && err != jsonparser.KeyPathNotFoundError {
-			return nil, err
-		} else if err == nil && (vt == jsonparser.String || vt == jsonparser.Number) {
-			if vt == jsonparser.String {
-				s, err := jsonparser.ParseString(mem)
-				if err != nil {
-					return nil, err
-				}
-				mem = []byte(s)
+		field := "spec.containers[" + strconv.Itoa(i) + "]"
+		err := eachField(e, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
+			switch key {
+			case "name":
+				c.Name, err = stringValue(value, vt, field+".name")
+			case "image":
+				c.Image, err = stringValue(value, vt, field+".image")
+			case "command":
+				c.Command, err = stringListValue(value, vt, field+".command")
+			case "args":
+				c.Args, err = stringListValue(value, vt, field+".args")
+			case "resources":
+				c.Resources.Limits, err = memoryLimit(value, vt, field)
+			case "volumeMounts":
+				c.VolumeMounts, err = mounts(value, vt, field)
+			case "env":
+				c.Env, err = env(value, vt, field)
 			}
-			q, err := resource.ParseQuantity(string(mem))
-			if err != nil {
-				return nil, fmt.Errorf("containers[%d].resources.limits.memory: %w", i, err)
-			}
-			c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: q}
-		}
-		if c.VolumeMounts, err = mounts(e); err != nil {
-			return nil, err
-		}
-		if c.Env, err = env(e); err != nil {
+			return err
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
 }
 
-func mounts(container []byte) ([]corev1.VolumeMount, error) {
-	elems, present, err := array(container, "volumeMounts")
-	if err != nil || !present {
+func memoryLimit(resources []byte, vt jsonparser.ValueType, field string) (corev1.ResourceList, error) {
+	if vt != jsonparser.Object {
+		return nil, nil
+	}
+	mem, mvt, _, err := jsonparser.Get(resources, "limits", "memory")
+	if err == jsonparser.KeyPathNotFoundError || (err == nil && mvt == jsonparser.Null) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch mvt {
+	case jsonparser.String:
+		s, err := jsonparser.ParseString(mem)
+		if err != nil {
+			return nil, err
+		}
+		mem = []byte(s)
+	case jsonparser.Number:
+	default:
+		return nil, fmt.Errorf("%s.resources.limits.memory: want a quantity", field)
+	}
+	q, err := resource.ParseQuantity(string(mem))
+	if err != nil {
+		return nil, fmt.Errorf("%s.resources.limits.memory: %w", field, err)
+	}
+	return corev1.ResourceList{corev1.ResourceMemory: q}, nil
+}
+
+func mounts(value []byte, vt jsonparser.ValueType, field string) ([]corev1.VolumeMount, error) {
+	elems, err := elements(value, vt, field+".volumeMounts")
+	if err != nil || elems == nil {
 		return nil, err
 	}
 	out := make([]corev1.VolumeMount, len(elems))
@@ -230,49 +270,82 @@ func mounts(container []byte) ([]corev1.VolumeMount, error) {
 
 // env keeps every entry's name (indexes must match the document), the
 // value only of the variables the injector owns or joins, and valueFrom
-// only as "present".
-func env(container []byte) ([]corev1.EnvVar, error) {
-	elems, present, err := array(container, "env")
-	if err != nil || !present {
-		return nil, err
+// only as "present". One pass: the env list is the bulk of large pods.
+func env(value []byte, vt jsonparser.ValueType, field string) ([]corev1.EnvVar, error) {
+	if vt == jsonparser.Null {
+		return nil, nil
 	}
-	out := make([]corev1.EnvVar, len(elems))
-	for i, e := range elems {
-		v := &out[i]
-		// Names are compared as bytes first: allocating 1,500 strings is
-		// the cost this decoder exists to avoid.
-		nameRaw, vt, _, err := jsonparser.Get(e, "name")
-		if err != nil && err != jsonparser.KeyPathNotFoundError {
-			return nil, err
+	if vt != jsonparser.Array {
+		return nil, fmt.Errorf("%s.env: want a list", field)
+	}
+	out := []corev1.EnvVar{}
+	var elemErr error
+	_, err := jsonparser.ArrayEach(value, func(e []byte, vt jsonparser.ValueType, _ int, _ error) {
+		if elemErr != nil {
+			return
 		}
-		if err == nil && vt != jsonparser.String {
-			return nil, fmt.Errorf("env[%d].name is not a string", i)
+		if vt != jsonparser.Object {
+			elemErr = fmt.Errorf("%s.env: elements must be objects", field)
+			return
 		}
-		if bytes.IndexByte(nameRaw, '\\') >= 0 {
-			if s, err := jsonparser.ParseString(nameRaw); err == nil {
-				nameRaw = []byte(s)
-			}
-		}
-		switch string(nameRaw) {
-		case "LD_PRELOAD", "MEMKIND_MEM_TIERS", "PMEM_TARGET_PROCESSES":
-			v.Name = string(nameRaw)
-			if v.Value, err = optString(e, "value"); err != nil {
-				return nil, err
-			}
-			if from, vt, _, err := jsonparser.Get(e, "valueFrom"); err == nil && vt == jsonparser.Object {
-				v.ValueFrom = &corev1.EnvVarSource{}
-				if err := json.Unmarshal(from, v.ValueFrom); err != nil {
-					return nil, err
-				}
-			}
-		default:
-			// A placeholder name that no owned variable can have; its
-			// value and source are never looked at.
-			v.Name = otherEnv
+		var v corev1.EnvVar
+		v, elemErr = envVar(e, field, len(out))
+		out = append(out, v)
+	})
+	if err == nil {
+		err = elemErr
+	}
+	return out, err
+}
+
+func envVar(e []byte, field string, i int) (corev1.EnvVar, error) {
+	var v corev1.EnvVar
+	// Names are compared as bytes first: allocating 1,500 strings is the
+	// cost this decoder exists to avoid.
+	nameRaw, vt, _, err := jsonparser.Get(e, "name")
+	if err != nil && err != jsonparser.KeyPathNotFoundError {
+		return v, err
+	}
+	if err == nil && vt != jsonparser.String {
+		return v, fmt.Errorf("%s.env[%d].name is not a string", field, i)
+	}
+	if bytes.IndexByte(nameRaw, '\\') >= 0 {
+		if s, err := jsonparser.ParseString(nameRaw); err == nil {
+			nameRaw = []byte(s)
 		}
 	}
-	return out, nil
+	switch string(nameRaw) {
+	case "LD_PRELOAD", "MEMKIND_MEM_TIERS", "PMEM_TARGET_PROCESSES":
+		v.Name = string(nameRaw)
+		if v.Value, err = optString(e, "value"); err != nil {
+			return v, err
+		}
+		if from, vt, _, err := jsonparser.Get(e, "valueFrom"); err == nil && vt == jsonparser.Object {
+			v.ValueFrom = &corev1.EnvVarSource{}
+			if err := json.Unmarshal(from, v.ValueFrom); err != nil {
+				return v, err
+			}
+		}
+	default:
+		// A placeholder name that no owned variable can have; its value
+		// and source are never looked at.
+		v.Name = otherEnv
+	}
+	return v, nil
 }
 
 // otherEnv stands in for names of env vars the injector does not look at.
 const otherEnv = "\x00other"
+
+func optString(raw []byte, path ...string) (string, error) {
+	v, err := jsonparser.GetString(raw, path...)
+	if err == jsonparser.KeyPathNotFoundError {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("%v: %w", path, err)
+	}
+	return v, nil
+}
+
+// stringMap mirrors encoding/json: absent or null -> nil map, {} -> empty

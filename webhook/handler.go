@@ -9,6 +9,7 @@ import (
 	"errors"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/buger/jsonparser"
@@ -34,6 +35,10 @@ type Handler struct {
 	// Claims, when set, refuses pods whose claim annotation names a
 	// PersistentVolumeClaim that does not exist.
 	Claims ClaimLookup
+
+	initOnce sync.Once
+	initJSON []byte
+	initErr  error
 	// now is replaceable so tests never depend on the clock.
 	now func() time.Time
 }

@@ -123,6 +123,10 @@ var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 // MarshalJSON marshals each value and then has the outer encoder validate
 // and compact it again; writing the envelope directly halves the work.
 func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
+	return marshalPatch(ops, json.Marshal)
+}
+
+func marshalPatch(ops []jsonpatch.Operation, marshalValue func(any) ([]byte, error)) ([]byte, error) {
 	buf := make([]byte, 0, 256*len(ops))
 	buf = append(buf, '[')
 	for i, op := range ops {
@@ -138,7 +142,7 @@ func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
 		}
 		buf = append(buf, path...)
 		if op.Operation != "remove" {
-			value, err := json.Marshal(op.Value)
+			value, err := marshalValue(op.Value)
 			if err != nil {
 				return nil, fmt.Errorf("encode value of %s %s: %w", op.Operation, op.Path, err)
 			}

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +13,12 @@ import (
 
 	"github.com/buger/jsonparser"
 	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
 // MaxBodyBytes bounds an AdmissionReview body. The apiserver refuses
@@ -99,6 +103,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header()["Content-Type"] = jsonContentType
 	if resp.Allowed && len(resp.Patches) == 0 && len(resp.Warnings) == 0 && (resp.Result == nil || resp.Result.Message == "") {
 		writeAllowed(w, req.UID)
+		return
+	}
+	if resp.Allowed && (resp.Result == nil || resp.Result.Message == "") {
+		if err := h.writePatched(w, req.UID, resp); err != nil {
+			decision = DecisionErrored
+			h.Log.Error(err, "cannot encode AdmissionReview response", "uid", req.UID)
+		}
 		return
 	}
 	if err := writeReview(w, req.UID, resp); err != nil {
@@ -234,6 +245,66 @@ func appendJSONString(buf []byte, s string) []byte {
 	buf = append(buf, '"')
 	buf = append(buf, s...)
 	return append(buf, '"')
+}
+
+// writePatched writes an allowed response with a patch and warnings
+// without reflection: it is the answer to every injected pod.
+func (h *Handler) writePatched(w io.Writer, uid types.UID, resp admission.Response) error {
+	p, err := marshalPatch(resp.Patches, h.marshalValue)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 0, 160+base64.StdEncoding.EncodedLen(len(p)))
+	buf = append(buf, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":`...)
+	buf = appendJSONString(buf, string(uid))
+	buf = append(buf, `,"allowed":true`...)
+	if len(resp.Patches) > 0 {
+		buf = append(buf, `,"patchType":"JSONPatch","patch":"`...)
+		buf = base64.StdEncoding.AppendEncode(buf, p)
+		buf = append(buf, '"')
+	}
+	if len(resp.Warnings) > 0 {
+		warnings, err := json.Marshal(resp.Warnings)
+		if err != nil {
+			return err
+		}
+		buf = append(buf, `,"warnings":`...)
+		buf = append(buf, warnings...)
+	}
+	buf = append(buf, "}}\n"...)
+	_, err = w.Write(buf)
+	return err
+}
+
+// marshalValue encodes one patch value. The init container depends only on
+// the configuration, so its encoding is computed once.
+func (h *Handler) marshalValue(v any) ([]byte, error) {
+	switch c := v.(type) {
+	case corev1.Container:
+		if h.isInitContainer(&c) {
+			return h.initContainerJSON()
+		}
+	case []corev1.Container:
+		if len(c) == 1 && h.isInitContainer(&c[0]) {
+			init, err := h.initContainerJSON()
+			if err != nil {
+				return nil, err
+			}
+			return append(append([]byte{'['}, init...), ']'), nil
+		}
+	}
+	return json.Marshal(v)
+}
+
+func (h *Handler) isInitContainer(c *corev1.Container) bool {
+	return c.Name == patch.InitContainerName && c.Image == h.Config.MemkindImage
+}
+
+func (h *Handler) initContainerJSON() ([]byte, error) {
+	h.initOnce.Do(func() {
+		h.initJSON, h.initErr = json.Marshal(patch.InitContainer(h.Config))
+	})
+	return h.initJSON, h.initErr
 }
 
 func writeReview(w io.Writer, uid types.UID, resp admission.Response) error {
