@@ -24,6 +24,7 @@ import (
 	"strings"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -180,6 +181,36 @@ func DefaultWebhookConfiguration() (*admissionregistrationv1.MutatingWebhookConf
 		return nil, err
 	}
 	return WebhookConfiguration(m)
+}
+
+// WebhookContainerName is the server container of the webhook Deployment.
+const WebhookContainerName = "webhook"
+
+// DefaultWebhookArgs returns the pmem-webhook arguments of deploy/default's Deployment: what
+// tests run the webhook with, so they exercise the settings users install.
+func DefaultWebhookArgs() ([]string, error) {
+	m, err := RenderDefault()
+	if err != nil {
+		return nil, fmt.Errorf("render deploy/default: %w", err)
+	}
+	objs, err := Objects(m)
+	if err != nil {
+		return nil, err
+	}
+	u, err := Find(objs, "Deployment", ServiceName)
+	if err != nil {
+		return nil, err
+	}
+	var d appsv1.Deployment
+	if err := DecodeStrict(u, &d); err != nil {
+		return nil, err
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name == WebhookContainerName {
+			return c.Args, nil
+		}
+	}
+	return nil, fmt.Errorf("deploy/default: Deployment %s has no container %q", d.Name, WebhookContainerName)
 }
 
 // PointAt returns a copy of cfg whose webhooks call baseURL (e.g. "https://127.0.0.1:9443")

@@ -6,6 +6,7 @@ package patch
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strconv"
@@ -238,7 +239,7 @@ func (in *injection) plan() error {
 	}
 
 	if in.opts.Mode == ModeKMEM && len(in.cfg.KMEMNodeSelector) > 0 {
-		for _, k := range sortedKeys(in.cfg.KMEMNodeSelector) {
+		for _, k := range slices.Sorted(maps.Keys(in.cfg.KMEMNodeSelector)) {
 			want := in.cfg.KMEMNodeSelector[k]
 			if have, ok := in.pod.Spec.NodeSelector[k]; ok && have != want {
 				return deny("pod nodeSelector %s=%q conflicts with %s=%q, which mode kmem requires to land on nodes with PMEM onlined as memory",
@@ -542,18 +543,9 @@ func copyMap(m map[string]string) map[string]string {
 	return out
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 func formatSelector(m map[string]string) string {
 	var parts []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, k+"="+strconv.Quote(m[k]))
 	}
 	return strings.Join(parts, ",")

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sort"
 	"sync"
 	"time"
 
@@ -137,13 +136,4 @@ func podName(p *corev1.Pod) string {
 		return p.Name
 	}
 	return p.GenerateName + "*"
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

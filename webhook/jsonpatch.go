@@ -3,6 +3,8 @@ package webhook
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -53,7 +55,7 @@ func diffMap(ops []jsonpatch.Operation, path string, orig, mut map[string]string
 	if orig == nil {
 		return append(ops, jsonpatch.NewOperation("add", path, mut))
 	}
-	for _, k := range sortedKeys(mut) {
+	for _, k := range slices.Sorted(maps.Keys(mut)) {
 		v := mut[k]
 		if old, ok := orig[k]; !ok || old != v {
 			// "add" on an existing member replaces it (RFC 6902 4.1).

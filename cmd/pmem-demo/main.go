@@ -13,10 +13,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -271,7 +272,7 @@ func printPod(out io.Writer, pod *corev1.Pod, tmpl *corev1.PodTemplateSpec) {
 	defer tw.Flush()
 
 	fmt.Fprintln(tw, "  annotations:")
-	for _, k := range sortedKeys(pod.Annotations) {
+	for _, k := range slices.Sorted(maps.Keys(pod.Annotations)) {
 		_, had := tmpl.Annotations[k]
 		fmt.Fprintf(tw, "  %s  %s:\t%s\n", mark(!had), k, pod.Annotations[k])
 	}
@@ -498,13 +499,4 @@ func hasEnv(c *corev1.Container, name, value string) bool {
 		}
 	}
 	return false
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

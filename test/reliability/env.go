@@ -23,8 +23,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-
 	"github.com/pmem-webhook/pmem-webhook/deploy"
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
 )
@@ -133,34 +131,16 @@ var serverFlags = map[string]bool{"port": true, "cert-dir": true, "health-addr":
 // without the listener and cert-dir flags: the process under test runs with
 // the injection settings and shutdown timeout a user installs.
 func DeployedArgs() ([]string, error) {
-	manifests, err := deploy.RenderDefault()
-	if err != nil {
-		return nil, fmt.Errorf("render deploy/default: %w", err)
-	}
-	objs, err := deploy.Objects(manifests)
+	all, err := deploy.DefaultWebhookArgs()
 	if err != nil {
 		return nil, err
 	}
-	u, err := deploy.Find(objs, "Deployment", deploy.ServiceName)
-	if err != nil {
-		return nil, err
-	}
-	var d appsv1.Deployment
-	if err := deploy.DecodeStrict(u, &d); err != nil {
-		return nil, err
-	}
-	for _, c := range d.Spec.Template.Spec.Containers {
-		if c.Name != "webhook" {
-			continue
+	var args []string
+	for _, a := range all {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !serverFlags[name] {
+			args = append(args, a)
 		}
-		var args []string
-		for _, a := range c.Args {
-			name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-			if !serverFlags[name] {
-				args = append(args, a)
-			}
-		}
-		return args, nil
 	}
-	return nil, fmt.Errorf("deploy/default: Deployment %s has no container \"webhook\"", d.Name)
+	return args, nil
 }
