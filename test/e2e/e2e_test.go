@@ -42,7 +42,7 @@ func run(m *testing.M) int {
 		provider = ProviderLocal
 	}
 	if provider != ProviderLocal {
-		return runProvider(m, provider) // providers.go
+		return runProvider(m, provider) // providers_test.go
 	}
 	if testing.Short() {
 		skipReason = "control-plane e2e tests are not run with -short"

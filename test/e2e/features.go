@@ -179,11 +179,14 @@ var generatedNames = regexp.MustCompile(`kube-api-access-[a-z0-9]{5}`)
 // annotations, spec) as JSON, with generated names replaced.
 func normalizedPod(t *testing.T, p *corev1.Pod) string {
 	t.Helper()
+	spec := *p.Spec.DeepCopy()
+	// Set by the scheduler, not by admission, whenever a provider runs one (kubelet, kind).
+	spec.NodeName = ""
 	b, err := json.Marshal(struct {
 		Labels      map[string]string `json:"labels"`
 		Annotations map[string]string `json:"annotations"`
 		Spec        corev1.PodSpec    `json:"spec"`
-	}{p.Labels, p.Annotations, p.Spec})
+	}{p.Labels, p.Annotations, spec})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,10 @@ import (
 func PodFeatures(env *Env, penv *PodEnv) []e2etypes.Feature {
 	return []e2etypes.Feature{
 		RedisHeapOnPMEM(env, penv),
+		ShellEntrypointStarts(env, penv),
+		RemovingAnnotationRollsBackToDRAM(env, penv),
+		WebhookReplicaLossDuringRollout(env, penv),
+		InitContainerRestricted(env, penv),
 	}
 }
 
@@ -150,4 +154,3 @@ func roundTrip(ctx context.Context, t *testing.T, cfg *rest.Config, pod *corev1.
 	}
 	t.Logf("%d MiB SET and GET through port-forward in %s", n*size>>20, time.Since(start).Round(time.Millisecond))
 }
-

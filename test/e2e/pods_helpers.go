@@ -36,10 +36,6 @@ type PodEnv struct {
 	// container (by status containerID) really ran with a read-only root filesystem, and as
 	// which uid. nil: not available (kind).
 	ContainerRootIsRO func(ctx context.Context, containerID string) (readOnly bool, uid uint32, err error)
-	// StorageErrors reports problems of the stand-in PMEM provisioner, for failure messages.
-	StorageErrors func() []string
-	// DescribeForFailure says where to look when a pod feature fails.
-	DescribeForFailure func() string
 }
 
 // Bounds for pods that really run: image already on the node, but init container, volume

@@ -134,10 +134,22 @@ path-exclude /usr/share/locale/*
 path-exclude /usr/share/man/*
 `
 
+// aptCleanConfig is Debian's container images' /etc/apt/apt.conf.d/docker-clean: downloaded
+// packages are removed after every install, so a RUN apt-get leaves no .deb in the layer.
+const aptCleanConfig = `DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+`
+
+// BaseVersion names the cached Debian tree and is part of every cache key: bump it when the
+// way the bases are made changes, so no stale tree or image is reused.
+const BaseVersion = "v2"
+
 func (b *Bases) debianSlim(ctx context.Context) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	dir := filepath.Join(b.CacheDir, "debian-bookworm-slim")
+	dir := filepath.Join(b.CacheDir, "debian-bookworm-slim-"+BaseVersion)
 	stamp := dir + ".complete"
 	if fileExists(stamp) && fileExists(dir) {
 		return dir, nil
@@ -169,6 +181,9 @@ func (b *Bases) debianSlim(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("debootstrap: %w\n%s", err, tail(out, 4000))
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "etc/dpkg/dpkg.cfg.d/docker"), []byte(slimDpkgConfig), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "etc/apt/apt.conf.d/docker-clean"), []byte(aptCleanConfig), 0o644); err != nil {
 		return "", err
 	}
 	sources := fmt.Sprintf("Types: deb\nURIs: %[1]s\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"+

@@ -188,8 +188,12 @@ func memkindStage(ctx context.Context, repoRoot string, context map[string]strin
 			}
 		}
 	}
-	return map[string]string{"stage:" + closure: out, "stage:/licenses": licenses}, nil
+	return map[string]string{MemkindStageOutputs[0]: out, MemkindStageOutputs[1]: licenses}, nil
 }
+
+// MemkindStageOutputs are the `COPY --from` sources of the memkind image that memkindStage
+// produces (Build refuses any other).
+var MemkindStageOutputs = []string{"stage:/usr/lib/pmem-memkind", "stage:/licenses"}
 
 func stageRuns(st *Stage, command string) bool {
 	for _, in := range st.Instr {
@@ -207,7 +211,7 @@ func cachedBuild(ctx context.Context, opts Options, cacheDir string, img Image) 
 	if err != nil {
 		return Built{}, err
 	}
-	cached := filepath.Join(cacheDir, "images", key[:16]+".tar")
+	cached := filepath.Join(cacheDir, "images", BaseVersion+"-"+key[:16]+".tar")
 	if fileExists(cached) {
 		return Built{Ref: img.Ref, Archive: cached}, nil
 	}

@@ -58,12 +58,22 @@ var (
 	CNIBinDir  = "/usr/lib/cni"
 )
 
-// Pod network: a bridge private to this node; the host is its gateway, so the apiserver
-// reaches the webhook's pods directly (--enable-aggregator-routing).
-const (
-	BridgeName = "pmem-e2e0"
-	PodSubnet  = "10.244.77.0/24"
-)
+// Pod network: a bridge private to this node, pmem-e2e<N> with subnet 10.244.<N>.0/24, N
+// the first of 100..199 no other bridge uses (two runs on one machine must not share it); the
+// host is its gateway, so the apiserver reaches the webhook's pods directly
+// (--enable-aggregator-routing).
+const bridgePrefix = "pmem-e2e"
+
+func pickBridge() (name, subnet string, err error) {
+	for i := 100; i < 200; i++ {
+		name := fmt.Sprintf("%s%d", bridgePrefix, i)
+		if _, err := net.InterfaceByName(name); err == nil {
+			continue
+		}
+		return name, fmt.Sprintf("10.244.%d.0/24", i), nil
+	}
+	return "", "", fmt.Errorf("no free pod bridge name %s100..199", bridgePrefix)
+}
 
 // ErrPrerequisites wraps what is missing on the machine (binaries, root).
 var ErrPrerequisites = errors.New("kubelet provider prerequisites missing")
@@ -85,11 +95,14 @@ type Node struct {
 	Dir string
 	// Socket is containerd's address.
 	Socket string
+	// Bridge and PodSubnet are the pod network.
+	Bridge, PodSubnet string
 
 	opts     Options
 	pki      *kubeletClientPKI
 	procs    []*process
 	netnsPre map[string]bool
+	natRule  []string
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -126,6 +139,16 @@ func New(opts Options) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Dir: dir, Socket: filepath.Join(dir, "containerd.sock"), opts: opts}
+	reapOrphans(n.logf)
+	if n.Bridge, n.PodSubnet, err = pickBridge(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	// For reapOrphans, should this run die without cleaning up.
+	if err := os.WriteFile(filepath.Join(dir, "bridge"), []byte(n.Bridge), 0o644); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
 	if n.pki, err = newKubeletClientPKI(filepath.Join(dir, "pki"), 24*time.Hour); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, err
@@ -149,6 +172,10 @@ func (n *Node) ControlPlaneArgs() []string {
 		"--kubelet-client-certificate=" + n.pki.CertFile,
 		"--kubelet-client-key=" + n.pki.KeyFile,
 		"--kubelet-preferred-address-types=Hostname,InternalIP",
+		// That plugin taints every new node not-ready until the node-lifecycle controller
+		// lifts it; that controller would also evict pods whenever the two loaded cores delay
+		// a node heartbeat. The features need neither.
+		"--disable-admission-plugins=TaintNodesByCondition",
 	}
 }
 
@@ -274,6 +301,7 @@ const cniConflist = `{
       "type": "bridge",
       "bridge": %[1]q,
       "isGateway": true,
+      "isDefaultGateway": true,
       "ipMasq": false,
       "hairpinMode": true,
       "ipam": {
@@ -286,21 +314,98 @@ const cniConflist = `{
 }
 `
 
+// setupBridge creates the pod bridge with its gateway address before the CNI plugin would,
+// so that route_localnet can be set on it: RouteAPIServer's DNAT to the loopback-only
+// apiserver needs it. The bridge plugin adopts an existing bridge.
+func (n *Node) setupBridge() error {
+	gw := strings.TrimSuffix(n.PodSubnet, ".0/24") + ".1/24"
+	for _, args := range [][]string{
+		{"link", "add", n.Bridge, "type", "bridge"},
+		{"addr", "add", gw, "dev", n.Bridge},
+		{"link", "set", n.Bridge, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+n.Bridge+"/route_localnet", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("route_localnet on %s: %w", n.Bridge, err)
+	}
+	return nil
+}
+
+// RouteAPIServer makes the apiserver reachable from pods at the kubernetes Service
+// (default/kubernetes, what in-cluster clients dial: KUBERNETES_SERVICE_HOST): a DNAT rule
+// from that address, arriving on the pod bridge, to the apiserver's loopback port. There is no
+// kube-proxy; this one rule is all the webhook's API calls (self-signed certificates, claim
+// checks) need. Stop removes it.
+func (n *Node) RouteAPIServer(ctx context.Context, cfg *rest.Config) error {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	var svc *corev1.Service
+	for i := 0; ; i++ {
+		if svc, err = cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{}); err == nil || i == 50 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("the kubernetes Service: %w", err)
+	}
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(cfg.Host, "https://"))
+	if err != nil || host != "127.0.0.1" {
+		return fmt.Errorf("apiserver %s: want https://127.0.0.1:<port> (%v)", cfg.Host, err)
+	}
+	if len(svc.Spec.Ports) == 0 {
+		return fmt.Errorf("the kubernetes Service has no port")
+	}
+	n.natRule = []string{"-t", "nat", "PREROUTING", "-i", n.Bridge, "-d", svc.Spec.ClusterIP + "/32", "-p", "tcp",
+		"--dport", strconv.Itoa(int(svc.Spec.Ports[0].Port)), "-j", "DNAT", "--to-destination", "127.0.0.1:" + port}
+	if err := os.WriteFile(filepath.Join(n.Dir, "nat-rule"), []byte(strings.Join(n.natRule, "\n")), 0o644); err != nil {
+		return err
+	}
+	return iptables("-A", n.natRule)
+}
+
+// iptables runs `iptables <table flags> <op> <chain> <rule...>` with rule = [-t nat CHAIN rest...].
+func iptables(op string, rule []string) error {
+	args := append([]string{rule[0], rule[1], op}, rule[2:]...)
+	if out, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+func (n *Node) conflist() string {
+	return fmt.Sprintf(cniConflist, n.Bridge, n.PodSubnet, filepath.Join(n.Dir, "cni", "ipam"))
+}
+
+func (n *Node) containerdConfig() string {
+	return fmt.Sprintf(containerdConfig,
+		filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
+		n.Socket, n.Socket+".ttrpc", filepath.Join(n.Dir, "containerd", "opt"),
+		"docker.io/"+images.PauseRef, CNIBinDir, filepath.Join(n.Dir, "cni", "net.d"))
+}
+
+func (n *Node) kubeletConfig(port, healthPort int) string {
+	return fmt.Sprintf(kubeletConfig, port, healthPort, n.Socket, n.pki.CAFile, filepath.Join(n.Dir, "kubelet", "volume-plugins"))
+}
+
 func (n *Node) startContainerd(ctx context.Context) error {
+	if err := n.setupBridge(); err != nil {
+		return err
+	}
 	cniConf := filepath.Join(n.Dir, "cni", "net.d")
 	if err := os.MkdirAll(cniConf, 0o755); err != nil {
 		return err
 	}
-	conflist := fmt.Sprintf(cniConflist, BridgeName, PodSubnet, filepath.Join(n.Dir, "cni", "ipam"))
-	if err := os.WriteFile(filepath.Join(cniConf, "10-pmem-e2e.conflist"), []byte(conflist), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(cniConf, "10-pmem-e2e.conflist"), []byte(n.conflist()), 0o644); err != nil {
 		return err
 	}
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
-	cfg := fmt.Sprintf(containerdConfig,
-		filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
-		n.Socket, n.Socket+".ttrpc", filepath.Join(n.Dir, "containerd", "opt"),
-		"docker.io/"+images.PauseRef, CNIBinDir, cniConf)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(n.containerdConfig()), 0o644); err != nil {
 		return err
 	}
 	p, err := n.start("containerd", Containerd, []string{"--config", cfgPath, "--log-level", "info"})
@@ -378,8 +483,7 @@ func (n *Node) startKubelet(ctx context.Context, so StartOptions) error {
 		return err
 	}
 	cfgPath := filepath.Join(n.Dir, "kubelet.yaml")
-	cfg := fmt.Sprintf(kubeletConfig, port, healthPort, n.Socket, n.pki.CAFile, filepath.Join(n.Dir, "kubelet", "volume-plugins"))
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(n.kubeletConfig(port, healthPort)), 0o644); err != nil {
 		return err
 	}
 	p, err := n.start(BinKubelet, filepath.Join(n.opts.BinDir, BinKubelet), []string{
@@ -574,7 +678,7 @@ func (n *Node) killTasks() {
 // namespaces created since Start, and the bridge.
 func (n *Node) forceCleanup() {
 	for _, pid := range shimsOf(n.Socket) {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		killShim(pid)
 		n.logf("killed leftover shim %d", pid)
 	}
 	for _, m := range mountsUnder(n.Dir) {
@@ -589,29 +693,163 @@ func (n *Node) forceCleanup() {
 			_ = os.Remove(p)
 		}
 	}
-	_ = exec.Command("ip", "link", "delete", BridgeName).Run()
+	if n.natRule != nil {
+		if err := iptables("-D", n.natRule); err != nil {
+			n.logf("%v", err)
+		}
+	}
+	_ = exec.Command("ip", "link", "delete", n.Bridge).Run()
+	removeCgroups("kubepods")
 }
 
-// shimsOf finds the containerd-shim processes serving the containerd at socket.
-func shimsOf(socket string) []int {
+// removeCgroups removes the (by now empty) cgroup tree the kubelet made under each cgroup v1
+// hierarchy, deepest first; a cgroup that still has processes stays (rmdir fails).
+func removeCgroups(name string) {
+	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	if unified := filepath.Join("/sys/fs/cgroup", name); fileExists(unified) {
+		roots = append(roots, unified)
+	}
+	for _, root := range roots {
+		var dirs []string
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(dirs[i])
+		}
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// reapOrphans cleans up after earlier runs that could not clean up themselves (the test
+// binary was killed, or panicked on `go test -timeout`): the kernel then killed their
+// containerd and kubelet (Pdeathsig), but containerd's shims, and the pods' processes under
+// them, live on. A shim is an orphan when its -address is a node socket under the temporary
+// directory and no containerd with that node's config runs any more; the orphan's working
+// directory (mounts included) goes too. Only processes of this package's making are touched.
+func reapOrphans(logf func(string, ...any)) {
+	pattern := filepath.Join(os.TempDir(), "pmem-node-*", "containerd.sock")
+	live := map[string]bool{} // node dirs whose containerd runs
+	for _, p := range procs() {
+		if filepath.Base(p.args[0]) == "containerd" {
+			for i, a := range p.args {
+				if a == "--config" && i+1 < len(p.args) {
+					live[filepath.Dir(p.args[i+1])] = true
+				}
+			}
+		}
+	}
+	dead := map[string]bool{}
+	for _, p := range procs() {
+		if !strings.Contains(filepath.Base(p.args[0]), "containerd-shim") {
+			continue
+		}
+		for i, a := range p.args {
+			if a != "-address" || i+1 >= len(p.args) {
+				continue
+			}
+			if ok, _ := filepath.Match(pattern, p.args[i+1]); ok && !live[filepath.Dir(p.args[i+1])] {
+				killShim(p.pid)
+				dead[filepath.Dir(p.args[i+1])] = true
+				logf("killed shim %d of an earlier run (%s)", p.pid, p.args[i+1])
+			}
+		}
+	}
+	// Working dirs of runs that died before any pod ran (no shim to find them by): no live
+	// containerd and untouched for 15 minutes (a run starting right now has a fresh dir).
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pmem-node-*"))
+	for _, dir := range dirs {
+		if st, err := os.Stat(dir); err == nil && !live[dir] && time.Since(st.ModTime()) > 15*time.Minute {
+			dead[dir] = true
+		}
+	}
+	for dir := range dead {
+		time.Sleep(200 * time.Millisecond)
+		for _, m := range mountsUnder(dir) {
+			_ = syscall.Unmount(m, syscall.MNT_DETACH)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "nat-rule")); err == nil {
+			_ = iptables("-D", strings.Split(string(b), "\n"))
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "bridge")); err == nil && strings.HasPrefix(string(b), bridgePrefix) {
+			_ = exec.Command("ip", "link", "delete", string(b)).Run()
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// killShim kills a shim's children first (each the init of a container's PID namespace, so
+// the container's other processes die with it; they would be re-parented and live on if
+// only the shim died), then the shim.
+func killShim(pid int) {
+	for _, p := range procs() {
+		if p.ppid == pid {
+			_ = syscall.Kill(p.pid, syscall.SIGKILL)
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+type procInfo struct {
+	pid, ppid int
+	args      []string
+}
+
+// procs lists the processes of the machine with their command lines.
+func procs() []procInfo {
 	entries, _ := os.ReadDir("/proc")
-	var pids []int
+	var ps []procInfo
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
+		if err != nil || len(b) == 0 {
 			continue
 		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || !strings.Contains(filepath.Base(args[0]), "containerd-shim") {
+		p := procInfo{pid: pid, args: strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")}
+		// /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may contain spaces and ')'.
+		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			p.ppid = statPPID(string(st))
+		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// statPPID is the parent pid from /proc/<pid>/stat, "pid (comm) state ppid ...", read after
+// the last ')' because comm may contain spaces and parentheses; 0 if malformed.
+func statPPID(stat string) int {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// shimsOf finds the containerd-shim processes serving the containerd at socket.
+func shimsOf(socket string) []int {
+	var pids []int
+	for _, p := range procs() {
+		if !strings.Contains(filepath.Base(p.args[0]), "containerd-shim") {
 			continue
 		}
-		for i, a := range args {
-			if a == "-address" && i+1 < len(args) && args[i+1] == socket {
-				pids = append(pids, pid)
+		for i, a := range p.args {
+			if a == "-address" && i+1 < len(p.args) && p.args[i+1] == socket {
+				pids = append(pids, p.pid)
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -100,7 +102,7 @@ func DeployWebhook(ctx context.Context, cfg *rest.Config, timeout time.Duration)
 		return err
 	}
 	if err := WaitWebhookReady(ctx, c, dep.GetNamespace(), dep.GetName()); err != nil {
-		return err
+		return fmt.Errorf("%w; events in %s:\n%s\nlogs:\n%s", err, ns, Events(c, ns), Logs(cfg, ns))
 	}
 	remaining := time.Until(deadline(ctx))
 	return cluster.WaitForInjection(ctx, cfg, remaining)
@@ -169,4 +171,115 @@ func WaitWebhookReady(ctx context.Context, c client.Client, ns, name string) err
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// Events returns the events of namespace ns, one line each, for error messages.
+func Events(c client.Client, ns string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var list corev1.EventList
+	if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return "(list events: " + err.Error() + ")"
+	}
+	var b strings.Builder
+	for _, e := range list.Items {
+		fmt.Fprintf(&b, "  %s %s/%s %s: %s (x%d)\n", e.Type, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message, e.Count)
+	}
+	return b.String()
+}
+
+// Install says how DeployWebhook installs the webhook.
+type Install string
+
+const (
+	// InstallHelmSelfSigned renders deploy/helm with certs.mode=selfSigned: the replicas make
+	// and share their certificate through the certs/bootstrap path and write the caBundle
+	// themselves (they reach the apiserver through Node.RouteAPIServer).
+	InstallHelmSelfSigned Install = "helm-self-signed"
+	// InstallKustomizeSecret renders deploy/default and does cert-manager's part from here
+	// (DeployWebhook).
+	InstallKustomizeSecret Install = "kustomize-secret"
+)
+
+// DeployWebhookHelmSelfSigned installs the chart under deploy/helm the way
+// `helm install pmem-webhook deploy/helm/pmem-webhook -n pmem-system --set certs.mode=selfSigned`
+// does (rendered in-process, objects created in Helm's install order), into the namespace
+// deploy/default declares (restricted PodSecurity, injection disabled). Nothing is given to
+// the webhook: its replicas fill the pre-created empty Secret and the caBundle themselves.
+// Returns the Deployment's name once both replicas serve and the apiserver gets a pod mutated.
+func DeployWebhookHelmSelfSigned(ctx context.Context, cfg *rest.Config, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return "", err
+	}
+	kustomized, err := deploy.RenderDefault()
+	if err != nil {
+		return "", err
+	}
+	kobjs, err := deploy.Objects(kustomized)
+	if err != nil {
+		return "", err
+	}
+	ns, err := deploy.Find(kobjs, "Namespace", deploy.Namespace)
+	if err != nil {
+		return "", err
+	}
+	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("create Namespace %s: %w", ns.GetName(), err)
+	}
+	manifests, err := deploy.RenderHelm("pmem-webhook", deploy.Namespace, map[string]any{"certs": map[string]any{"mode": "selfSigned"}})
+	if err != nil {
+		return "", err
+	}
+	objs, err := deploy.Objects(manifests)
+	if err != nil {
+		return "", err
+	}
+	for _, o := range objs {
+		if o.GetNamespace() == "" && o.GetKind() != "MutatingWebhookConfiguration" && o.GetKind() != "ClusterRole" && o.GetKind() != "ClusterRoleBinding" {
+			o.SetNamespace(deploy.Namespace)
+		}
+		if err := c.Create(ctx, o); err != nil {
+			return "", fmt.Errorf("create %s %s/%s: %w", o.GetKind(), o.GetNamespace(), o.GetName(), err)
+		}
+	}
+	dep, err := deploy.Find(objs, "Deployment", "")
+	if err != nil {
+		return "", err
+	}
+	if err := WaitWebhookReady(ctx, c, dep.GetNamespace(), dep.GetName()); err != nil {
+		return "", fmt.Errorf("%w; events in %s:\n%s\nlogs:\n%s", err, dep.GetNamespace(), Events(c, dep.GetNamespace()), Logs(cfg, dep.GetNamespace()))
+	}
+	if err := cluster.WaitForInjection(ctx, cfg, time.Until(deadline(ctx))); err != nil {
+		return "", err
+	}
+	return dep.GetName(), nil
+}
+
+// Logs returns the last lines of every container log in namespace ns, for error messages.
+func Logs(cfg *rest.Config, ns string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err.Error()
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "(list pods: " + err.Error() + ")"
+	}
+	var b strings.Builder
+	tail := int64(30)
+	for _, p := range pods.Items {
+		for _, c := range p.Spec.Containers {
+			out, err := cs.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, TailLines: &tail}).DoRaw(ctx)
+			if err != nil {
+				out = []byte("(" + err.Error() + ")")
+			}
+			fmt.Fprintf(&b, "--- %s/%s:\n%s\n", p.Name, c.Name, out)
+		}
+	}
+	return b.String()
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -86,6 +87,19 @@ func runProvider(m *testing.M, name string) int {
 			os.Exit(130)
 		}
 	}()
+	// `go test -timeout` ends the binary with a panic that runs no deferred clean-up: stop
+	// the cluster a little before that, so no pod outlives the run.
+	if d := testTimeout(); d > 0 {
+		margin := 90 * time.Second
+		if d < 3*margin {
+			margin = d / 3
+		}
+		watchdog := time.AfterFunc(time.Until(start.Add(d-margin)), func() {
+			logf("go test -timeout %s is near: stopping the cluster before the panic", d)
+			_ = stop()
+		})
+		defer watchdog.Stop()
+	}
 	testenv, featureEnv, err = newEnvironment(cfg, fenv)
 	if err != nil {
 		log.Print(err)
@@ -93,6 +107,16 @@ func runProvider(m *testing.M, name string) int {
 	}
 	podEnv = penv
 	return m.Run()
+}
+
+// testTimeout is the -test.timeout of this test binary (0: none).
+func testTimeout() time.Duration {
+	f := flag.Lookup("test.timeout")
+	if f == nil {
+		return 0
+	}
+	d, _ := time.ParseDuration(f.Value.String())
+	return d
 }
 
 func providerName() string {

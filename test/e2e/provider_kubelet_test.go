@@ -23,6 +23,11 @@ import (
 // from deploy/images without Docker, the webhook deployed from deploy/ as two pods.
 const ProviderKubelet = "kubelet"
 
+// EnvWebhookInstall chooses how the kubelet provider installs the webhook: helm-self-signed
+// (default: deploy/helm, certs.mode=selfSigned, the certs/bootstrap path) or
+// kustomize-secret (deploy/default with cert-manager's part done by the test).
+const EnvWebhookInstall = "PMEM_E2E_WEBHOOK_INSTALL"
+
 // EnvImageCache is where the kubelet provider keeps the Debian tree and the Redis image
 // between runs (default <repo>/bin/node-e2e/cache).
 const EnvImageCache = "PMEM_E2E_IMAGE_CACHE"
@@ -58,6 +63,11 @@ func startKubeletProvider(ctx context.Context, logf func(string, ...any)) (cfg *
 	)
 	stop = func() error {
 		once.Do(func() {
+			if storage != nil {
+				for _, e := range storage.Errors() {
+					logf("stand-in PMEM provisioner error: %s", e)
+				}
+			}
 			storage.Stop()
 			var apiCfg *rest.Config
 			if cp != nil {
@@ -111,11 +121,27 @@ func startKubeletProvider(ctx context.Context, logf func(string, ...any)) (cfg *
 	if storage, err = node.StartStorage(ctx, cp.Config, injection.DefaultStorageClass); err != nil {
 		return nil, nil, nil, stop, err
 	}
-	start = time.Now()
-	if err := kubelet.DeployWebhook(ctx, cp.Config, 3*time.Minute); err != nil {
-		return nil, nil, nil, stop, fmt.Errorf("deploy the webhook from deploy/: %w", err)
+	// In-cluster clients (the webhook's self-signed bootstrap and claim checks) dial the
+	// kubernetes Service.
+	if err := node.RouteAPIServer(ctx, cp.Config); err != nil {
+		return nil, nil, nil, stop, err
 	}
-	logf("webhook deployed from deploy/default, both replicas serving (%s)", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	webhookDeployment := "pmem-webhook"
+	switch install := kubelet.Install(os.Getenv(EnvWebhookInstall)); install {
+	case "", kubelet.InstallHelmSelfSigned:
+		if webhookDeployment, err = kubelet.DeployWebhookHelmSelfSigned(ctx, cp.Config, 3*time.Minute); err != nil {
+			return nil, nil, nil, stop, fmt.Errorf("install the webhook from deploy/helm (certs.mode=selfSigned): %w", err)
+		}
+		logf("webhook installed from deploy/helm with self-signed certificates, both replicas serving (%s)", time.Since(start).Round(time.Millisecond))
+	case kubelet.InstallKustomizeSecret:
+		if err := kubelet.DeployWebhook(ctx, cp.Config, 3*time.Minute); err != nil {
+			return nil, nil, nil, stop, fmt.Errorf("deploy the webhook from deploy/default: %w", err)
+		}
+		logf("webhook deployed from deploy/default with a certs.Generate Secret, both replicas serving (%s)", time.Since(start).Round(time.Millisecond))
+	default:
+		return nil, nil, nil, stop, fmt.Errorf("%s=%q: want %s or %s", EnvWebhookInstall, install, kubelet.InstallHelmSelfSigned, kubelet.InstallKustomizeSecret)
+	}
 
 	env = &Env{
 		// deploy/webhook/deployment.yaml sets the defaults with its flags.
@@ -130,12 +156,10 @@ func startKubeletProvider(ctx context.Context, logf func(string, ...any)) (cfg *
 		},
 	}
 	penv = &PodEnv{
-		RedisImage:         images.RedisRef,
-		WebhookNamespace:   "pmem-system",
-		WebhookDeployment:  "pmem-webhook",
-		ContainerRootIsRO:  node.ContainerRootReadOnly,
-		StorageErrors:      storage.Errors,
-		DescribeForFailure: func() string { return "logs of every process: " + logs + " (after the run)" },
+		RedisImage:        images.RedisRef,
+		WebhookNamespace:  "pmem-system",
+		WebhookDeployment: webhookDeployment,
+		ContainerRootIsRO: node.ContainerRootReadOnly,
 	}
 	return cp.Config, env, penv, stop, nil
 }
