@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 // Controllers run by kube-controller-manager: what turns Deployments,
@@ -87,7 +89,7 @@ type ControlPlane struct {
 	Files Files
 
 	removeDir bool
-	procs     []*process // start order; stopped in reverse
+	procs     []*proc.Process // start order; stopped in reverse
 
 	extraArgs        map[string][]string // by binary name, appended to its flags
 	extraControllers []string
@@ -168,7 +170,7 @@ func (cp *ControlPlane) Stop() {
 	}
 	cp.stopOnce.Do(func() {
 		for i := len(cp.procs) - 1; i >= 0; i-- {
-			cp.procs[i].stop(10 * time.Second)
+			cp.procs[i].Stop(10 * time.Second)
 		}
 		if cp.removeDir {
 			_ = os.RemoveAll(cp.Dir)
@@ -197,8 +199,8 @@ func (cp *ControlPlane) LogFile(name string) string {
 	return filepath.Join(cp.Dir, name+".log")
 }
 
-func (cp *ControlPlane) start(name, bin string, args ...string) (*process, error) {
-	p, err := startProcess(name, bin, append(args, cp.extraArgs[name]...), cp.Dir)
+func (cp *ControlPlane) start(name, bin string, args ...string) (*proc.Process, error) {
+	p, err := proc.Start(name, bin, append(args, cp.extraArgs[name]...), cp.Dir, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +235,7 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, erro
 		return "", err
 	}
 	client := &http.Client{Timeout: 2 * time.Second}
-	err = p.waitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+	err = p.WaitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
 		body, err := get(ctx, client, clientURL+"/health")
 		if err != nil {
 			return err
@@ -295,7 +297,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string,
 	if err != nil {
 		return err
 	}
-	return p.waitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+	return p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		body, err := get(ctx, client, cp.Config.Host+"/readyz")
 		if err != nil {
 			return err
@@ -334,7 +336,7 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, bin string, 
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback health probe
 	}}
 	healthURL := "https://127.0.0.1:" + strconv.Itoa(port) + "/healthz"
-	if err := p.waitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+	if err := p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		body, err := get(ctx, insecure, healthURL)
 		if err != nil {
 			return err
@@ -352,7 +354,7 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, bin string, 
 	if err != nil {
 		return err
 	}
-	return p.waitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+	return p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		_, err := cs.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
 		return err
 	})

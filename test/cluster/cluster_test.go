@@ -145,7 +145,7 @@ func TestStartStop(t *testing.T) {
 func (cp *ControlPlane) pids() []int {
 	var pids []int
 	for _, p := range cp.procs {
-		pids = append(pids, p.cmd.Process.Pid)
+		pids = append(pids, p.Cmd.Process.Pid)
 	}
 	return pids
 }

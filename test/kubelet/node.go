@@ -40,6 +40,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/pmem-webhook/pmem-webhook/test/images"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 // NodeName is the node's name and Hostname address (see the package comment).
@@ -100,7 +101,7 @@ type Node struct {
 
 	opts     Options
 	pki      *kubeletClientPKI
-	procs    []*process
+	procs    []*proc.Process
 	netnsPre map[string]bool
 	natRule  []string
 	stopOnce sync.Once
@@ -243,8 +244,8 @@ func (n *Node) Start(ctx context.Context, so StartOptions) (err error) {
 	return nil
 }
 
-func (n *Node) start(name, bin string, args []string, env ...string) (*process, error) {
-	p, err := startProcess(name, bin, args, n.Dir, env)
+func (n *Node) start(name, bin string, args []string, env ...string) (*proc.Process, error) {
+	p, err := proc.Start(name, bin, args, n.Dir, env)
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +413,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return p.waitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
+	return p.WaitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
 		return n.ctr(ctx, "version")
 	})
 }
@@ -501,7 +502,7 @@ func (n *Node) startKubelet(ctx context.Context, so StartOptions) error {
 	if err != nil {
 		return err
 	}
-	return p.waitFor(ctx, 250*time.Millisecond, func(ctx context.Context) error {
+	return p.WaitFor(ctx, 250*time.Millisecond, func(ctx context.Context) error {
 		node, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -541,7 +542,7 @@ func (n *Node) startScheduler(ctx context.Context, so StartOptions) error {
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback health probe
 	}}
 	url := "https://127.0.0.1:" + strconv.Itoa(port) + "/readyz"
-	return p.waitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
+	return p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
@@ -629,19 +630,19 @@ func drain(cfg *rest.Config, timeout time.Duration) error {
 func (n *Node) stopProcesses() {
 	// Scheduler and kubelet first, containerd last: the kubelet must not restart what the
 	// force clean-up below removes.
-	var containerd *process
+	var containerd *proc.Process
 	for i := len(n.procs) - 1; i >= 0; i-- {
-		if n.procs[i].name == "containerd" {
+		if n.procs[i].Name == "containerd" {
 			containerd = n.procs[i]
 			continue
 		}
-		n.procs[i].stop(15 * time.Second)
+		n.procs[i].Stop(15 * time.Second)
 	}
 	if containerd != nil {
-		if done, _ := containerd.exited(); !done {
+		if done, _ := containerd.Exited(); !done {
 			n.killTasks()
 		}
-		containerd.stop(15 * time.Second)
+		containerd.Stop(15 * time.Second)
 	}
 }
 

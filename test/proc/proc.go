@@ -1,4 +1,7 @@
-package cluster
+// Package proc supervises the binaries the test tiers run (etcd,
+// kube-apiserver, containerd, kubelet, ...): each in its own process group,
+// logging to a file, killed with the test binary.
+package proc
 
 import (
 	"context"
@@ -11,7 +14,7 @@ import (
 	"time"
 )
 
-// process is one control-plane binary running in its own process group.
+// Process is one binary running in its own process group.
 //
 // Each binary gets its own group (Setpgid) so that a ^C in the terminal reaches
 // only the test binary, which then stops the group in order; Pdeathsig is the
@@ -20,17 +23,18 @@ import (
 // no etcd or apiserver outlives the test and keeps its ports and data dir.
 // (Pdeathsig fires when the forking OS thread exits; the Go runtime only ends
 // threads whose goroutine exits while locked to them, which nothing here does.)
-type process struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
+type Process struct {
+	Name    string
+	Cmd     *exec.Cmd
+	LogPath string
 	done    chan struct{}
 	waitErr error
 	once    sync.Once
 }
 
-// startProcess starts bin with args, appending stdout and stderr to dir/<name>.log.
-func startProcess(name, bin string, args []string, dir string) (*process, error) {
+// Start starts bin with args in dir, with env added to this process's
+// environment, appending stdout and stderr to dir/<name>.log.
+func Start(name, bin string, args []string, dir string, env []string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -40,12 +44,13 @@ func startProcess(name, bin string, args []string, dir string) (*process, error)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
 	}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &Process{Name: name, Cmd: cmd, LogPath: logPath, done: make(chan struct{})}
 	go func() {
 		p.waitErr = cmd.Wait()
 		logFile.Close()
@@ -54,8 +59,8 @@ func startProcess(name, bin string, args []string, dir string) (*process, error)
 	return p, nil
 }
 
-// exited reports whether the process has ended, and how.
-func (p *process) exited() (bool, error) {
+// Exited reports whether the process has ended, and how.
+func (p *Process) Exited() (bool, error) {
 	select {
 	case <-p.done:
 		return true, p.waitErr
@@ -64,12 +69,12 @@ func (p *process) exited() (bool, error) {
 	}
 }
 
-// stop sends SIGTERM to the process group, waits up to grace, then SIGKILLs the
+// Stop sends SIGTERM to the process group, waits up to grace, then SIGKILLs the
 // group. It is safe to call more than once.
-func (p *process) stop(grace time.Duration) {
+func (p *Process) Stop(grace time.Duration) {
 	p.once.Do(func() {
-		pgid := p.cmd.Process.Pid
-		if done, _ := p.exited(); !done {
+		pgid := p.Cmd.Process.Pid
+		if done, _ := p.Exited(); !done {
 			_ = syscall.Kill(-pgid, syscall.SIGTERM)
 		}
 		select {
@@ -82,9 +87,9 @@ func (p *process) stop(grace time.Duration) {
 	})
 }
 
-// tail returns the last n bytes of the process log, for error messages.
-func (p *process) tail(n int64) string {
-	f, err := os.Open(p.logPath)
+// Tail returns the last n bytes of the process log, for error messages.
+func (p *Process) Tail(n int64) string {
+	f, err := os.Open(p.LogPath)
 	if err != nil {
 		return ""
 	}
@@ -102,13 +107,13 @@ func (p *process) tail(n int64) string {
 	return string(buf)
 }
 
-// waitFor polls check every interval until it returns nil, the process exits,
+// WaitFor polls check every interval until it returns nil, the process exits,
 // or ctx ends; the error then includes the last lines of the process log.
-func (p *process) waitFor(ctx context.Context, interval time.Duration, check func(context.Context) error) error {
+func (p *Process) WaitFor(ctx context.Context, interval time.Duration, check func(context.Context) error) error {
 	var last error
 	for {
-		if done, werr := p.exited(); done {
-			return fmt.Errorf("%s exited before it became ready (%v); log %s:\n%s", p.name, werr, p.logPath, p.tail(4096))
+		if done, werr := p.Exited(); done {
+			return fmt.Errorf("%s exited before it became ready (%v); log %s:\n%s", p.Name, werr, p.LogPath, p.Tail(4096))
 		}
 		if last = check(ctx); last == nil {
 			return nil
@@ -116,7 +121,7 @@ func (p *process) waitFor(ctx context.Context, interval time.Duration, check fun
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s not ready: %w (last check: %v); log %s:\n%s",
-				p.name, ctx.Err(), last, p.logPath, p.tail(4096))
+				p.Name, ctx.Err(), last, p.LogPath, p.Tail(4096))
 		case <-time.After(interval):
 		}
 	}
