@@ -458,13 +458,16 @@ func checkDeployment(t *testing.T, r *rendered, wantReplicas int32) {
 	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds < 1 {
 		t.Errorf("want a preStop sleep action (the image has no shell), got %+v", c.Lifecycle)
 	} else {
-		shutdown, err := time.ParseDuration(args["--shutdown-timeout"])
-		if err != nil {
-			t.Errorf("--shutdown-timeout %q: %v", args["--shutdown-timeout"], err)
+		need := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+		for _, flag := range []string{"--shutdown-delay", "--shutdown-timeout"} {
+			d, err := time.ParseDuration(args[flag])
+			if err != nil {
+				t.Errorf("%s %q: %v", flag, args[flag], err)
+			}
+			need += d
 		}
-		need := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds)*time.Second + shutdown
 		if grace := ps.TerminationGracePeriodSeconds; grace == nil || time.Duration(*grace)*time.Second <= need {
-			t.Errorf("terminationGracePeriodSeconds %v must exceed preStop sleep + --shutdown-timeout = %s", deref(grace), need)
+			t.Errorf("terminationGracePeriodSeconds %v must exceed preStop sleep + --shutdown-delay + --shutdown-timeout = %s", deref(grace), need)
 		}
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {

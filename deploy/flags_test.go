@@ -21,6 +21,7 @@ func serverFlags(fs *flag.FlagSet) {
 	fs.String("health-addr", "", "")
 	fs.String("metrics-addr", "", "")
 	fs.Duration("shutdown-timeout", 0, "")
+	fs.Duration("shutdown-delay", 0, "")
 	fs.Int("v", 0, "")
 	fs.Bool("check-claims", true, "")
 }

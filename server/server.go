@@ -45,7 +45,14 @@ type Options struct {
 	// ShutdownTimeout bounds how long in-flight admissions may take to
 	// finish after the context is cancelled.
 	ShutdownTimeout time.Duration
-	Config          *patch.Config
+	// ShutdownDelay keeps serving for this long after the context is
+	// cancelled, unready, answering every request with "Connection: close".
+	// Clients (the apiserver) pool keep-alive connections; closing an idle
+	// one at the moment a request is written on it shows up as an EOF
+	// admission failure. Draining them first leaves only connections that
+	// carried no request during the delay.
+	ShutdownDelay time.Duration
+	Config        *patch.Config
 	// Claims, when set, lets the webhook refuse pods whose claim
 	// annotation names a PersistentVolumeClaim that does not exist.
 	Claims webhook.ClaimLookup
@@ -79,6 +86,7 @@ type Server struct {
 	opts     Options
 	handler  *webhook.Handler
 	ready    atomic.Bool
+	draining atomic.Bool
 	webhookL net.Listener
 	healthL  net.Listener
 	metricsL net.Listener
@@ -206,7 +214,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 
 	mux := http.NewServeMux()
-	mux.Handle(webhook.Path, s.handler)
+	mux.Handle(webhook.Path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		s.handler.ServeHTTP(w, r)
+	}))
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{
@@ -242,6 +255,11 @@ func (s *Server) Run(ctx context.Context) error {
 	// Not ready first, so no new traffic is routed here while in-flight
 	// requests finish.
 	s.ready.Store(false)
+	if runErr == nil && s.opts.ShutdownDelay > 0 {
+		log.Info("shutting down: draining keep-alive connections", "delay", s.opts.ShutdownDelay)
+		s.draining.Store(true)
+		time.Sleep(s.opts.ShutdownDelay)
+	}
 	log.Info("shutting down: finishing in-flight admissions", "timeout", s.opts.ShutdownTimeout)
 	sctx, scancel := context.WithTimeout(context.Background(), s.opts.ShutdownTimeout)
 	defer scancel()

@@ -207,3 +207,53 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Fatalf("New = %v, want a sizeFactor error", err)
 	}
 }
+
+// During the shutdown delay a client's pooled keep-alive connection is
+// still served, and told to close, instead of being cut under a request.
+func TestShutdownDelayDrainsKeepAlive(t *testing.T) {
+	dir := t.TempDir()
+	b, err := certs.Generate([]string{"localhost"}, loopback, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg := patch.DefaultConfig()
+	srv, err := New(Options{BindAddress: "127.0.0.1", CertDir: dir, Config: &cfg, Log: logr.Discard(), ShutdownDelay: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	eventually(t, "ready", srv.Ready)
+
+	body, err := os.ReadFile(filepath.Join("..", "webhook", "testdata", "review-no-annotation.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := tlsClient(b.CAPEM)
+	post := func() *http.Response {
+		t.Helper()
+		resp, err := client.Post("https://"+srv.WebhookAddr()+webhook.Path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("admission during the shutdown delay failed: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := post(); resp.Close {
+		t.Fatal("connection closed before shutdown")
+	}
+	cancel()
+	eventually(t, "unready", func() bool { return !srv.Ready() })
+	// The pooled connection from the first request carries this one.
+	if resp := post(); resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("during the delay: status %d, Connection: close %v; want 200 and close", resp.StatusCode, resp.Close)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}

@@ -45,6 +45,7 @@ func run(args []string) error {
 	fs.StringVar(&o.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz (empty disables)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":8080", "address of /metrics (empty disables)")
 	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long in-flight admissions may take to finish on SIGTERM")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long (unready, Connection: close) so clients drain pooled connections before the listener closes")
 	fs.BoolVar(&checkClaims, "check-claims", true, "refuse pods whose "+patch.AnnotationClaim+" names a PersistentVolumeClaim that does not exist (RBAC: get persistentvolumeclaims); without it such pods are admitted and stay Pending")
 	fs.IntVar(&logLevel, "v", 0, "log verbosity: 0 logs decisions that change or deny a pod, 1 also pass-throughs")
 	inject := config.Register(fs)
