@@ -41,6 +41,16 @@ func Generate(dnsNames []string, ips []net.IP, validFor time.Duration) (*Bundle,
 	if len(dnsNames) == 0 && len(ips) == 0 {
 		return nil, errors.New("certs: need at least one DNS name or IP address for the serving certificate")
 	}
+	b, err := NewCA("pmem-webhook-ca", validFor)
+	if err != nil {
+		return nil, err
+	}
+	return b.Renew(dnsNames, ips, validFor)
+}
+
+// NewCA creates a bundle holding only a new self-signed CA, from which
+// Renew issues serving certificates and IssueClient client certificates.
+func NewCA(commonName string, validFor time.Duration) (*Bundle, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
@@ -48,7 +58,7 @@ func Generate(dnsNames []string, ips []net.IP, validFor time.Duration) (*Bundle,
 	now := time.Now().Add(-time.Minute)
 	caTmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "pmem-webhook-ca"},
+		Subject:               pkix.Name{CommonName: commonName},
 		NotBefore:             now,
 		NotAfter:              now.Add(validFor),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -59,73 +69,74 @@ func Generate(dnsNames []string, ips []net.IP, validFor time.Duration) (*Bundle,
 	if err != nil {
 		return nil, fmt.Errorf("self-sign CA: %w", err)
 	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA: %w", err)
-	}
 	caKeyDER, err := x509.MarshalECPrivateKey(caKey)
 	if err != nil {
 		return nil, fmt.Errorf("encode CA key: %w", err)
 	}
-	b := &Bundle{
+	return &Bundle{
 		CAPEM:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
 		CAKeyPEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: caKeyDER}),
-	}
-	b.CertPEM, b.KeyPEM, err = issue(caCert, caKey, dnsNames, ips, validFor)
-	if err != nil {
-		return nil, err
-	}
-	return b, nil
+	}, nil
 }
 
 // Renew issues a new serving certificate and key from the bundle's CA; the
 // CA (and so every caBundle that trusts it) stays the same.
 func (b *Bundle) Renew(dnsNames []string, ips []net.IP, validFor time.Duration) (*Bundle, error) {
-	caBlock, _ := pem.Decode(b.CAPEM)
-	keyBlock, _ := pem.Decode(b.CAKeyPEM)
-	if caBlock == nil || keyBlock == nil {
-		return nil, errors.New("certs: bundle has no CA certificate and key to renew from")
-	}
-	caCert, err := x509.ParseCertificate(caBlock.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA: %w", err)
-	}
-	caKey, err := x509.ParseECPrivateKey(keyBlock.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parse CA key: %w", err)
-	}
-	out := &Bundle{CAPEM: b.CAPEM, CAKeyPEM: b.CAKeyPEM}
-	out.CertPEM, out.KeyPEM, err = issue(caCert, caKey, dnsNames, ips, validFor)
-	return out, err
-}
-
-func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, dnsNames []string, ips []net.IP, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generate serving key: %w", err)
-	}
-	now := time.Now().Add(-time.Minute)
 	cn := "pmem-webhook"
 	if len(dnsNames) > 0 {
 		cn = dnsNames[0]
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     dnsNames,
-		IPAddresses:  ips,
-		NotBefore:    now,
-		NotAfter:     now.Add(validFor),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	out := &Bundle{CAPEM: b.CAPEM, CAKeyPEM: b.CAKeyPEM}
+	var err error
+	out.CertPEM, out.KeyPEM, err = b.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		DNSNames:    dnsNames,
+		IPAddresses: ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, validFor)
+	return out, err
+}
+
+// IssueClient issues a client certificate (for example the apiserver's
+// certificate towards a kubelet) from the bundle's CA.
+func (b *Bundle) IssueClient(commonName string, organizations []string, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
+	return b.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: commonName, Organization: organizations},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, validFor)
+}
+
+// issue signs tmpl (subject, names and extended key usage set by the
+// caller) with a new key, valid from a minute ago for validFor.
+func (b *Bundle) issue(tmpl *x509.Certificate, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
+	caBlock, _ := pem.Decode(b.CAPEM)
+	keyBlock, _ := pem.Decode(b.CAKeyPEM)
+	if caBlock == nil || keyBlock == nil {
+		return nil, nil, errors.New("certs: bundle has no CA certificate and key to issue from")
 	}
+	ca, err := x509.ParseCertificate(caBlock.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse CA: %w", err)
+	}
+	caKey, err := x509.ParseECPrivateKey(keyBlock.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse CA key: %w", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate key: %w", err)
+	}
+	now := time.Now().Add(-time.Minute)
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = now, now.Add(validFor)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sign serving certificate: %w", err)
+		return nil, nil, fmt.Errorf("sign certificate: %w", err)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode serving key: %w", err)
+		return nil, nil, fmt.Errorf("encode key: %w", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil

@@ -70,3 +70,36 @@ func TestGenerateNeedsAName(t *testing.T) {
 		t.Fatal("Generate with no names succeeded")
 	}
 }
+
+func TestIssueClient(t *testing.T) {
+	ca, err := NewCA("test client CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.IssueClient("kube-apiserver-kubelet-client", []string{"system:masters"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.CAPEM)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("client cert does not verify for client auth: %v", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("client cert verifies for server auth")
+	}
+	if leaf.Subject.CommonName != "kube-apiserver-kubelet-client" || len(leaf.Subject.Organization) != 1 || leaf.Subject.Organization[0] != "system:masters" {
+		t.Errorf("subject %v", leaf.Subject)
+	}
+	if _, _, err := (&Bundle{}).IssueClient("x", nil, time.Hour); err == nil {
+		t.Error("IssueClient without a CA succeeded")
+	}
+}
