@@ -101,18 +101,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	resp, decision = h.handle(r.Context(), req)
 	// Direct assignment of a shared slice: Header.Set allocates one per call.
 	w.Header()["Content-Type"] = jsonContentType
-	if resp.Allowed && len(resp.Patches) == 0 && len(resp.Warnings) == 0 && (resp.Result == nil || resp.Result.Message == "") {
-		writeAllowed(w, req.UID)
-		return
-	}
 	if resp.Allowed && (resp.Result == nil || resp.Result.Message == "") {
-		if err := h.writePatched(w, req.UID, resp); err != nil {
-			decision = DecisionErrored
-			h.Log.Error(err, "cannot encode AdmissionReview response", "uid", req.UID)
-		}
-		return
+		err = h.writeAllowed(w, req.UID, resp)
+	} else {
+		err = writeReview(w, req.UID, resp)
 	}
-	if err := writeReview(w, req.UID, resp); err != nil {
+	if err != nil {
 		decision = DecisionErrored
 		h.Log.Error(err, "cannot encode AdmissionReview response", "uid", req.UID)
 	}
@@ -223,15 +217,6 @@ func pathName(idx int) string {
 	return name
 }
 
-// writeAllowed answers the common case without an encoder.
-func writeAllowed(w io.Writer, uid types.UID) {
-	buf := make([]byte, 0, 160)
-	buf = append(buf, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":`...)
-	buf = appendJSONString(buf, string(uid))
-	buf = append(buf, `,"allowed":true}}`...)
-	w.Write(buf)
-}
-
 // appendJSONString quotes s for JSON; UIDs are UUIDs, so the loop is the
 // path taken, and json.Marshal covers anything else correctly.
 func appendJSONString(buf []byte, s string) []byte {
@@ -247,12 +232,15 @@ func appendJSONString(buf []byte, s string) []byte {
 	return append(buf, '"')
 }
 
-// writePatched writes an allowed response with a patch and warnings
-// without reflection: it is the answer to every injected pod.
-func (h *Handler) writePatched(w io.Writer, uid types.UID, resp admission.Response) error {
-	p, err := marshalPatch(resp.Patches, h.marshalValue)
-	if err != nil {
-		return err
+// writeAllowed writes an allowed response, with its patch and warnings if
+// any, without reflection: it answers every pod that is not denied.
+func (h *Handler) writeAllowed(w io.Writer, uid types.UID, resp admission.Response) error {
+	var p []byte
+	if len(resp.Patches) > 0 {
+		var err error
+		if p, err = marshalPatch(resp.Patches, h.marshalValue); err != nil {
+			return err
+		}
 	}
 	buf := make([]byte, 0, 160+base64.StdEncoding.EncodedLen(len(p)))
 	buf = append(buf, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":`...)
@@ -272,7 +260,7 @@ func (h *Handler) writePatched(w io.Writer, uid types.UID, resp admission.Respon
 		buf = append(buf, warnings...)
 	}
 	buf = append(buf, "}}\n"...)
-	_, err = w.Write(buf)
+	_, err := w.Write(buf)
 	return err
 }
 
