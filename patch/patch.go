@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -277,10 +278,22 @@ func (in *injection) planSize() error {
 				return deny("annotation %s is not set and container %q has no memory limit to derive it from: set %s (e.g. 60Gi) or resources.limits.memory on the container",
 					AnnotationSize, containers[i].Name, AnnotationSize)
 			}
-			share := int64(float64(limit.Value()) * in.cfg.SizeFactor)
-			share = (share + mib - 1) / mib * mib // whole MiB: readable PVC sizes
+			share, err := derivedShare(containers[i].Name, limit, in.cfg.SizeFactor)
+			if err != nil {
+				return err
+			}
 			shares[k] = share
+			// Each share is at most maxSize, so the sum of a pod's
+			// shares cannot overflow int64 before this check stops it.
 			total += share
+			if total > maxSize.Value() {
+				return deny("annotation %s is not set and the size derived from the target containers' memory limits (%s so far, at container %q) exceeds the maximum %s: set %s (at most %s) or lower resources.limits.memory",
+					AnnotationSize, formatBytes(total), containers[i].Name, maxSize.String(), AnnotationSize, maxSize.String())
+			}
+		}
+		if total < minSize.Value() {
+			return deny("annotation %s is not set and the size derived from the target containers' memory limits is %s, below the minimum %s: set %s (at least %s) or raise resources.limits.memory",
+				AnnotationSize, formatBytes(total), minSize.String(), AnnotationSize, minSize.String())
 		}
 	}
 	usable := total - pmemHeadroom(total)
@@ -298,6 +311,36 @@ func (in *injection) planSize() error {
 	}
 	in.totalSize = *resource.NewQuantity(total, resource.BinarySI)
 	return nil
+}
+
+// derivedShare is one container's part of a derived PMEM size: its memory
+// limit times the size factor, rounded up to whole MiB. The product is
+// checked against the size annotation's bounds in floating point *before*
+// any int64 conversion: a 5Ei limit times 2 does not fit in int64, and a
+// float64 above 2^63 converts to a negative number.
+func derivedShare(container string, limit resource.Quantity, factor float64) (int64, error) {
+	if limit.Sign() <= 0 {
+		return 0, deny("container %q has memory limit %s, which cannot size a PMEM volume: set resources.limits.memory to a positive size such as 1Gi, or set %s",
+			container, limit.String(), AnnotationSize)
+	}
+	f := limit.AsApproximateFloat64() * factor
+	if f > float64(maxSize.Value()) {
+		return 0, deny("container %q memory limit %s times the size factor %v exceeds the maximum PMEM size %s: set %s (at most %s) or lower resources.limits.memory",
+			container, limit.String(), factor, maxSize.String(), AnnotationSize, maxSize.String())
+	}
+	if f < mib && limit.MilliValue()%1000 != 0 {
+		// "1500m" is 1.5 bytes: almost certainly meant as 1500Mi.
+		return 0, deny("container %q memory limit %s is a fraction of a byte count (m means milli, not Mi), too small to size PMEM from: write e.g. %sMi, or set %s (at least %s)",
+			container, limit.String(), strings.TrimSuffix(limit.String(), "m"), AnnotationSize, minSize.String())
+	}
+	share := int64(math.Ceil(f))
+	return (share + mib - 1) / mib * mib, nil // whole MiB: readable PVC sizes
+}
+
+// formatBytes renders a byte count for messages: exact binary units when
+// they fit, never a negative or scientific figure.
+func formatBytes(n int64) string {
+	return resource.NewQuantity(n, resource.BinarySI).String()
 }
 
 func (in *injection) warn(format string, args ...any) {

@@ -128,6 +128,7 @@ func TestApplyDenied(t *testing.T) {
 		{"ldpreload-valuefrom.yaml", []string{`container "redis" sets LD_PRELOAD with valueFrom`}},
 		{"volume-collision.yaml", []string{`pod already has a volume named "pmem"`}},
 		{"no-memory-limit.yaml", []string{`annotation pmem.alibabacloud.com/size is not set and container "redis" has no memory limit`}},
+		{"huge-memory-limit.yaml", []string{`memory limit 5Ei times the size factor 2 exceeds the maximum PMEM size 64Ti`}},
 		{"init-collision.yaml", []string{`container named "pmem-memkind-init"`, `container "redis" already mounts volume "data" at /mnt/pmem`}},
 	}
 	for _, tc := range cases {
@@ -354,5 +355,62 @@ func TestForkWarning(t *testing.T) {
 	res, err := Apply(pod, testConfig())
 	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "--daemonize yes") {
 		t.Errorf("daemonize: warnings %q, err %v; want one --daemonize warning", res.Warnings, err)
+	}
+}
+
+// Derived sizes obey the size annotation's bounds, with arithmetic that
+// cannot overflow, and messages never show an impossible figure (issue 14
+// row 2: a 5Ei limit gave "storage: -8796093022207Mi").
+func TestDerivedSizeBounds(t *testing.T) {
+	cases := []struct {
+		name    string
+		limits  []string
+		factor  float64
+		wantPVC string   // "" : denied
+		want    []string // parts of the denial
+	}{
+		{name: "normal", limits: []string{"1Gi"}, factor: 2, wantPVC: "2Gi"},
+		{name: "exactly the cap", limits: []string{"32Ti"}, factor: 2, wantPVC: "64Ti"},
+		{name: "5Ei overflows int64 when doubled", limits: []string{"5Ei"}, factor: 2,
+			want: []string{`container "redis" memory limit 5Ei times the size factor 2 exceeds the maximum PMEM size 64Ti`, "at most 64Ti"}},
+		{name: "64Ti limit gives 128Ti", limits: []string{"64Ti"}, factor: 2,
+			want: []string{"memory limit 64Ti", "exceeds the maximum PMEM size 64Ti"}},
+		{name: "sum of containers above the cap", limits: []string{"20Ti", "20Ti"}, factor: 2,
+			want: []string{"exceeds the maximum 64Ti", "at container \"exporter\""}},
+		{name: "1500m is 1.5 bytes", limits: []string{"1500m"}, factor: 2,
+			want: []string{`memory limit 1500m is a fraction of a byte count`, "1500Mi"}},
+		{name: "below the minimum", limits: []string{"64Mi"}, factor: 2,
+			want: []string{"is 128Mi, below the minimum 256Mi", "at least 256Mi"}},
+		{name: "huge exponent", limits: []string{"1e30"}, factor: 2,
+			want: []string{"exceeds the maximum PMEM size 64Ti"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := loadPod(t, "redis-single.yaml")
+			if len(tc.limits) == 2 {
+				pod = loadPod(t, "redis-exporter.yaml")
+				pod.Annotations[AnnotationContainers] = "redis,exporter"
+			}
+			for k, l := range tc.limits {
+				pod.Spec.Containers[k].Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: mustQuantity(t, l)}
+			}
+			cfg := testConfig()
+			cfg.SizeFactor = tc.factor
+			res, err := Apply(pod, cfg)
+			if tc.wantPVC == "" {
+				assertDenied(t, err, tc.want)
+				if strings.Contains(err.Error(), "-") && strings.Contains(err.Error(), " -") {
+					t.Errorf("message shows a negative figure: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := res.Pod.Spec.Volumes[0].Ephemeral.VolumeClaimTemplate.Spec.Resources.Requests[corev1.ResourceStorage]
+			if want := mustQuantity(t, tc.wantPVC); req.Cmp(want) != 0 {
+				t.Errorf("PVC request = %s, want %s", req.String(), tc.wantPVC)
+			}
+		})
 	}
 }
