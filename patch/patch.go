@@ -82,7 +82,13 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 		return nil, &DeniedError{Err: err}
 	}
 	if !requested {
-		return &Result{Decision: NotRequested, Pod: pod}, nil
+		res := &Result{Decision: NotRequested, Pod: pod}
+		if v, ok := pod.Labels[AnnotationDirect]; ok {
+			if _, set := pod.Annotations[AnnotationDirect]; !set {
+				res.Warnings = []string{LabelOptInWarning(v)}
+			}
+		}
+		return res, nil
 	}
 	if pod.Annotations[AnnotationStatus] == StatusInjected {
 		return &Result{Decision: AlreadyInjected, Pod: pod}, nil
@@ -105,6 +111,14 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	}
 	out := in.build()
 	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings}, nil
+}
+
+// LabelOptInWarning is the warning for a pod whose opt-in was written as a
+// label (the Istio habit): nothing reads it there, and without a word the
+// pod silently runs on DRAM. The webhook and pmem-inject both use it.
+func LabelOptInWarning(value string) string {
+	return fmt.Sprintf("label %s=%q has no effect: the PMEM opt-in is an annotation; move it to metadata.annotations (for a workload: spec.template.metadata.annotations)",
+		AnnotationDirect, abbreviate(value, 40))
 }
 
 // targetContainers resolves the containers annotation to indexes into

@@ -79,7 +79,17 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	// decide whether there is anything to do. Pods that opted out, or were
 	// injected already (reinvocation, offline injection), stop here.
 	direct, derr := jsonparser.GetString(req.Object.Raw, "metadata", "annotations", patch.AnnotationDirect)
-	if errors.Is(derr, jsonparser.KeyPathNotFoundError) || (derr == nil && direct == "false") {
+	if errors.Is(derr, jsonparser.KeyPathNotFoundError) {
+		// The key is somewhere else: as a label it is a mistaken opt-in
+		// the user should hear about (patch.Apply says the same offline).
+		if v, err := jsonparser.GetString(req.Object.Raw, "metadata", "labels", patch.AnnotationDirect); err == nil {
+			resp := allowed
+			resp.Warnings = []string{patch.LabelOptInWarning(v)}
+			return resp, DecisionSkipped
+		}
+		return allowed, DecisionSkipped
+	}
+	if derr == nil && direct == "false" {
 		return allowed, DecisionSkipped
 	}
 	if derr == nil && direct == "true" {

@@ -144,11 +144,13 @@ func (in *injector) document(n int, d *document) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", d.header, err)
 	}
-	if res.Decision != patch.Injected {
-		return nil
-	}
+	// Warnings first: a pod that was not injected can carry one too (the
+	// opt-in written as a label).
 	for _, w := range res.Warnings {
 		fmt.Fprintf(in.warnings, "warning: %s: %s\n", d.header, w)
+	}
+	if res.Decision != patch.Injected {
+		return nil
 	}
 	ops, err := webhook.BuildPatch(pod, res.Pod)
 	if err != nil {
