@@ -3,6 +3,8 @@ package patch
 import (
 	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Issue 14 row 8: the opt-in written as a label injects nothing but warns,
@@ -35,6 +37,53 @@ func TestOptInAsLabel(t *testing.T) {
 			if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], `label pmem.alibabacloud.com/direct="true" has no effect`) ||
 				!strings.Contains(res.Warnings[0], "move it to metadata.annotations") {
 				t.Errorf("warnings = %q", res.Warnings)
+			}
+		})
+	}
+}
+
+// Issue 14 row 4: LD_PRELOAD from envFrom cannot be seen at admission and
+// the injected env entry would win over it: warn, naming the source, unless
+// the source cannot produce LD_PRELOAD.
+func TestEnvFromLDPreload(t *testing.T) {
+	cm := func(name, prefix string) corev1.EnvFromSource {
+		return corev1.EnvFromSource{Prefix: prefix, ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: name}}}
+	}
+	secret := corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}}}
+	cases := []struct {
+		name    string
+		envFrom []corev1.EnvFromSource
+		env     []corev1.EnvVar
+		want    []string // "" entries: no warning expected
+	}{
+		{name: "configMap", envFrom: []corev1.EnvFromSource{cm("rt", "")}, want: []string{`envFrom configMapRef "rt" may set LD_PRELOAD`}},
+		{name: "secret", envFrom: []corev1.EnvFromSource{secret}, want: []string{`envFrom secretRef "creds" may set LD_PRELOAD`}},
+		{name: "prefix that can produce it", envFrom: []corev1.EnvFromSource{cm("rt", "LD_")}, want: []string{`configMapRef "rt" (prefix "LD_") may set LD_PRELOAD`}},
+		{name: "harmless prefix", envFrom: []corev1.EnvFromSource{cm("rt", "APP_")}},
+		{name: "explicit env wins anyway", envFrom: []corev1.EnvFromSource{cm("rt", "")}, env: []corev1.EnvVar{{Name: EnvLDPreload, Value: "/lib/x.so"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := loadPod(t, "redis-single.yaml")
+			pod.Spec.Containers[0].EnvFrom = tc.envFrom
+			pod.Spec.Containers[0].Env = tc.env
+			res, err := Apply(pod, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, w := range res.Warnings {
+				if strings.Contains(w, "envFrom") {
+					got = append(got, w)
+				}
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("envFrom warnings = %q, want %q", got, tc.want)
+			}
+			for k, w := range tc.want {
+				if !strings.Contains(got[k], w) || !strings.Contains(got[k], "set LD_PRELOAD in env instead") {
+					t.Errorf("warning %q lacks %q", got[k], w)
+				}
 			}
 		})
 	}

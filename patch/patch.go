@@ -265,6 +265,7 @@ func (in *injection) plan() error {
 	}
 
 	for _, i := range in.targets {
+		in.warnEnvFrom(&containers[i])
 		for _, e := range containers[i].Env {
 			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
 				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
@@ -273,6 +274,39 @@ func (in *injection) plan() error {
 		}
 	}
 	return nil
+}
+
+// warnEnvFrom warns about envFrom sources that may carry LD_PRELOAD. Their
+// content is not visible at admission, and the injected env entry wins
+// over envFrom, so an LD_PRELOAD they set would silently be dropped.
+// valueFrom is denied because it certainly sets LD_PRELOAD; an envFrom
+// only may, and denying every pod with an envFrom ConfigMap would refuse
+// the common case, so this warns. An explicit env LD_PRELOAD already
+// overrides envFrom (the container's own choice), and a prefix that
+// cannot begin "LD_PRELOAD" cannot produce it: both are left alone.
+func (in *injection) warnEnvFrom(c *corev1.Container) {
+	if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvLDPreload }) {
+		return
+	}
+	for _, src := range c.EnvFrom {
+		if !strings.HasPrefix(EnvLDPreload, src.Prefix) {
+			continue
+		}
+		var from string
+		switch {
+		case src.ConfigMapRef != nil:
+			from = fmt.Sprintf("configMapRef %q", src.ConfigMapRef.Name)
+		case src.SecretRef != nil:
+			from = fmt.Sprintf("secretRef %q", src.SecretRef.Name)
+		default:
+			from = "an envFrom source"
+		}
+		if src.Prefix != "" {
+			from += fmt.Sprintf(" (prefix %q)", src.Prefix)
+		}
+		in.warn("container %q: envFrom %s may set %s, which the injected env %s overrides; if it does, set %s in env instead (it is joined with the PMEM preload)",
+			c.Name, abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
+	}
 }
 
 // planSize decides the PVC size and each target's share of it.

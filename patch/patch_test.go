@@ -71,6 +71,7 @@ func TestApplyGolden(t *testing.T) {
 		{name: "forking-redis", decision: Injected, wantWarnings: []string{
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,
 			`container "redis": an fsdax heap`, "refuses fork()", "MISCONF"}},
+		{name: "envfrom-ldpreload", decision: Injected, wantWarnings: []string{`container "redis": envFrom configMapRef "redis-runtime-env" may set LD_PRELOAD`, "set LD_PRELOAD in env instead"}},
 		{name: "no-annotation", decision: NotRequested},
 		{name: "direct-false", decision: NotRequested},
 	}

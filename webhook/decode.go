@@ -212,6 +212,13 @@ func containers(value []byte, vt jsonparser.ValueType) ([]corev1.Container, erro
 				c.VolumeMounts, err = mounts(value, vt, field)
 			case "env":
 				c.Env, err = env(value, vt, field)
+			case "envFrom":
+				// Rare and short: decoded whole, for the LD_PRELOAD check.
+				if vt != jsonparser.Null {
+					if err = json.Unmarshal(value, &c.EnvFrom); err != nil {
+						err = fmt.Errorf("%s.envFrom: %w", field, err)
+					}
+				}
 			}
 			return err
 		})

@@ -24,3 +24,17 @@ func TestHandlerWarnsOptInAsLabel(t *testing.T) {
 		t.Errorf("warnings = %q", resp.Response.Warnings)
 	}
 }
+
+// Issue 14 row 4 through the partial decoder: envFrom is read, so the
+// webhook warns as pmem-inject does.
+func TestHandlerWarnsEnvFrom(t *testing.T) {
+	h, _ := newTestHandler(t)
+	body := review(`{"metadata":{"name":"r","annotations":{"pmem.alibabacloud.com/direct":"true"}},"spec":{"containers":[{"name":"redis","image":"redis","command":["redis-server","--save","","--appendonly","no"],"envFrom":[{"secretRef":{"name":"rt"}}],"resources":{"limits":{"memory":"1Gi"}}}]}}`)
+	resp, code := serve(t, h, body)
+	if code != http.StatusOK || !resp.Response.Allowed || resp.Response.Patch == nil {
+		t.Fatalf("code %d, response %+v; want injected", code, resp.Response)
+	}
+	if len(resp.Response.Warnings) != 1 || !strings.Contains(resp.Response.Warnings[0], `envFrom secretRef "rt" may set LD_PRELOAD`) {
+		t.Errorf("warnings = %q", resp.Response.Warnings)
+	}
+}
