@@ -88,3 +88,54 @@ func TestEnvFromLDPreload(t *testing.T) {
 		})
 	}
 }
+
+// Issue 14 row 1: every way a pod says it is Windows is refused with the
+// field and value that said so.
+func TestWindowsRefused(t *testing.T) {
+	windowsOnly := func(op corev1.NodeSelectorOperator, values ...string) *corev1.Affinity {
+		return &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+			NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: LabelOS, Operator: op, Values: values}}}},
+		}}}
+	}
+	user := "ContainerUser"
+	win := &corev1.WindowsSecurityContextOptions{RunAsUserName: &user}
+	cases := []struct {
+		name   string
+		mutate func(*corev1.Pod)
+		want   string // "" : injected
+	}{
+		{"spec.os", func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, `spec.os.name="windows"`},
+		{"nodeSelector", func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{LabelOS: "windows"} }, `spec.nodeSelector kubernetes.io/os="windows"`},
+		{"affinity In windows", func(p *corev1.Pod) { p.Spec.Affinity = windowsOnly(corev1.NodeSelectorOpIn, "windows") }, `every term requires kubernetes.io/os="windows"`},
+		{"affinity NotIn linux", func(p *corev1.Pod) { p.Spec.Affinity = windowsOnly(corev1.NodeSelectorOpNotIn, "linux") }, "requiredDuringSchedulingIgnoredDuringExecution"},
+		{"pod windowsOptions", func(p *corev1.Pod) { p.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: win} }, "spec.securityContext.windowsOptions"},
+		{"container windowsOptions", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{WindowsOptions: win}
+		}, `spec.containers[0].securityContext.windowsOptions (set, container "redis")`},
+		{"init container windowsOptions", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "setup", SecurityContext: &corev1.SecurityContext{WindowsOptions: win}}}
+		}, `spec.initContainers[0].securityContext.windowsOptions`},
+		{"linux os", func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Linux} }, ""},
+		{"linux nodeSelector", func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{LabelOS: "linux"} }, ""},
+		{"affinity allows both", func(p *corev1.Pod) { p.Spec.Affinity = windowsOnly(corev1.NodeSelectorOpIn, "windows", "linux") }, ""},
+		{"affinity one term windows, one any", func(p *corev1.Pod) {
+			p.Spec.Affinity = windowsOnly(corev1.NodeSelectorOpIn, "windows")
+			terms := &p.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+			*terms = append(*terms, corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "zone", Operator: corev1.NodeSelectorOpExists}}})
+		}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := loadPod(t, "redis-single.yaml")
+			tc.mutate(pod)
+			res, err := Apply(pod, testConfig())
+			if tc.want == "" {
+				if err != nil || res.Decision != Injected {
+					t.Fatalf("Apply = %+v, %v; want injected", res, err)
+				}
+				return
+			}
+			assertDenied(t, err, []string{tc.want, "PMEM injection is Linux-only", "remove the annotation " + AnnotationDirect})
+		})
+	}
+}

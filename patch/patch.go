@@ -93,6 +93,15 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	if pod.Annotations[AnnotationStatus] == StatusInjected {
 		return &Result{Decision: AlreadyInjected, Pod: pod}, nil
 	}
+	if marker := windowsMarker(pod); marker != "" {
+		// The injected init container carries Linux-only securityContext
+		// fields the apiserver forbids on Windows pods, and memkind and
+		// LD_PRELOAD do not exist there: refusing here names the real
+		// cause instead of a validation error about a container the user
+		// never wrote.
+		return nil, deny("%s says this is a Windows pod, and PMEM injection is Linux-only: remove the annotation %s, or run the pod on Linux (spec.os.name linux or unset, %s=linux)",
+			marker, AnnotationDirect, LabelOS)
+	}
 	opts, err := ParseOptions(pod.Annotations, cfg)
 	if err != nil {
 		return nil, &DeniedError{Err: err}
@@ -119,6 +128,65 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 func LabelOptInWarning(value string) string {
 	return fmt.Sprintf("label %s=%q has no effect: the PMEM opt-in is an annotation; move it to metadata.annotations (for a workload: spec.template.metadata.annotations)",
 		AnnotationDirect, abbreviate(value, 40))
+}
+
+// LabelOS is the well-known node label that says a node's operating system.
+const LabelOS = "kubernetes.io/os"
+
+// windowsMarker describes the first field (with its value) by which the
+// pod says it runs on Windows, or returns "" for a Linux or unspecified pod. A pod
+// says so through spec.os, a node selector or a required node affinity
+// that only allows Windows nodes, or windowsOptions in a security context.
+func windowsMarker(pod *corev1.Pod) string {
+	spec := &pod.Spec
+	if spec.OS != nil && spec.OS.Name == corev1.Windows {
+		return fmt.Sprintf("spec.os.name=%q", spec.OS.Name)
+	}
+	if v := spec.NodeSelector[LabelOS]; v == string(corev1.Windows) {
+		return fmt.Sprintf("spec.nodeSelector %s=%q", LabelOS, v)
+	}
+	if a := spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		// Terms are ORed: the pod is Windows-only if every term is.
+		terms := a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+		if len(terms) > 0 && !slices.ContainsFunc(terms, func(t corev1.NodeSelectorTerm) bool { return !windowsOnlyTerm(t) }) {
+			return fmt.Sprintf("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution (every term requires %s=%q)", LabelOS, corev1.Windows)
+		}
+	}
+	if sc := spec.SecurityContext; sc != nil && sc.WindowsOptions != nil {
+		return "spec.securityContext.windowsOptions (set)"
+	}
+	for _, list := range []struct {
+		field string
+		cs    []corev1.Container
+	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
+		for i, c := range list.cs {
+			if c.SecurityContext != nil && c.SecurityContext.WindowsOptions != nil {
+				return fmt.Sprintf("%s[%d].securityContext.windowsOptions (set, container %q)", list.field, i, c.Name)
+			}
+		}
+	}
+	return ""
+}
+
+// windowsOnlyTerm reports whether a node selector term admits only
+// Windows nodes through the kubernetes.io/os label.
+func windowsOnlyTerm(t corev1.NodeSelectorTerm) bool {
+	for _, e := range t.MatchExpressions {
+		if e.Key != LabelOS {
+			continue
+		}
+		switch e.Operator {
+		case corev1.NodeSelectorOpIn:
+			if len(e.Values) > 0 && !slices.ContainsFunc(e.Values, func(v string) bool { return v != string(corev1.Windows) }) {
+				return true
+			}
+		case corev1.NodeSelectorOpNotIn:
+			if slices.Contains(e.Values, string(corev1.Linux)) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // targetContainers resolves the containers annotation to indexes into

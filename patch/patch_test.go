@@ -130,6 +130,7 @@ func TestApplyDenied(t *testing.T) {
 		{"volume-collision.yaml", []string{`pod already has a volume named "pmem"`}},
 		{"no-memory-limit.yaml", []string{`annotation pmem.alibabacloud.com/size is not set and container "redis" has no memory limit`}},
 		{"huge-memory-limit.yaml", []string{`memory limit 5Ei times the size factor 2 exceeds the maximum PMEM size 64Ti`}},
+		{"windows-pod.yaml", []string{`spec.os.name="windows" says this is a Windows pod, and PMEM injection is Linux-only`, "remove the annotation pmem.alibabacloud.com/direct"}},
 		{"init-collision.yaml", []string{`container named "pmem-memkind-init"`, `container "redis" already mounts volume "data" at /mnt/pmem`}},
 	}
 	for _, tc := range cases {

@@ -12,12 +12,14 @@ import (
 )
 
 // decodeForPatch decodes only the parts of a pod that patch.Apply reads
-// and BuildPatch diffs: annotations, node selector, the names of volumes
-// and init containers, and per app container its name, image, command,
-// args, memory limit, mounts and env. Everything else (probes, ports,
-// security contexts, the values of unrelated env vars) is never decoded:
-// on large pods that is most of the bytes, and reflection-driven decoding
-// of them was the whole cost of admission.
+// and BuildPatch diffs: annotations, node selector, the names of volumes,
+// per container (app and init) its name, image, command, args, memory
+// limit, mounts, env, envFrom, restartPolicy and securityContext
+// windowsOptions, and spec.os and the node affinity (Windows markers).
+// Everything else (probes, ports, the rest of security contexts, the
+// values of unrelated env vars) is never decoded: on large pods that is
+// most of the bytes, and reflection-driven decoding of them was the whole
+// cost of admission.
 //
 // The result is NOT the pod: it is only fit for patch.Apply followed by
 // BuildPatch, whose operations address the original document by index.
@@ -66,9 +68,29 @@ func decodeForPatch(raw []byte) (*corev1.Pod, error) {
 		case "volumes":
 			pod.Spec.Volumes, err = namedList(value, vt, "spec.volumes", func(name string) corev1.Volume { return corev1.Volume{Name: name} })
 		case "initContainers":
-			pod.Spec.InitContainers, err = namedList(value, vt, "spec.initContainers", func(name string) corev1.Container { return corev1.Container{Name: name} })
+			// Decoded like app containers: native sidecars can be targets,
+			// and any init container can say the pod is Windows.
+			pod.Spec.InitContainers, err = containers(value, vt, "spec.initContainers")
 		case "containers":
-			pod.Spec.Containers, err = containers(value, vt)
+			pod.Spec.Containers, err = containers(value, vt, "spec.containers")
+		case "os":
+			// The fields that can say "Windows" are rare and small:
+			// decoded whole.
+			err = unmarshalField(value, vt, "spec.os", &pod.Spec.OS)
+		case "securityContext":
+			var sc struct {
+				WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
+			}
+			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && sc.WindowsOptions != nil {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions}
+			}
+		case "affinity":
+			var a struct {
+				NodeAffinity *corev1.NodeAffinity `json:"nodeAffinity"`
+			}
+			if err = unmarshalField(value, vt, "spec.affinity", &a); err == nil && a.NodeAffinity != nil {
+				pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: a.NodeAffinity}
+			}
 		}
 		return err
 	})
@@ -187,15 +209,27 @@ func stringListValue(value []byte, vt jsonparser.ValueType, field string) ([]str
 	return out, err
 }
 
-func containers(value []byte, vt jsonparser.ValueType) ([]corev1.Container, error) {
-	elems, err := elements(value, vt, "spec.containers")
+// unmarshalField decodes a rare, small field whole; null leaves it unset,
+// as encoding/json does.
+func unmarshalField(value []byte, vt jsonparser.ValueType, field string, into any) error {
+	if vt == jsonparser.Null {
+		return nil
+	}
+	if err := json.Unmarshal(value, into); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
+}
+
+func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Container, error) {
+	elems, err := elements(value, vt, list)
 	if err != nil || elems == nil {
 		return nil, err
 	}
 	out := make([]corev1.Container, len(elems))
 	for i, e := range elems {
 		c := &out[i]
-		field := "spec.containers[" + strconv.Itoa(i) + "]"
+		field := list + "[" + strconv.Itoa(i) + "]"
 		err := eachField(e, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
 			switch key {
 			case "name":
@@ -212,6 +246,18 @@ func containers(value []byte, vt jsonparser.ValueType) ([]corev1.Container, erro
 				c.VolumeMounts, err = mounts(value, vt, field)
 			case "env":
 				c.Env, err = env(value, vt, field)
+			case "restartPolicy":
+				var p string
+				if p, err = stringValue(value, vt, field+".restartPolicy"); err == nil && p != "" {
+					c.RestartPolicy = ptrTo(corev1.ContainerRestartPolicy(p))
+				}
+			case "securityContext":
+				var sc struct {
+					WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
+				}
+				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && sc.WindowsOptions != nil {
+					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions}
+				}
 			case "envFrom":
 				// Rare and short: decoded whole, for the LD_PRELOAD check.
 				if vt != jsonparser.Null {
@@ -356,3 +402,5 @@ func optString(raw []byte, path ...string) (string, error) {
 }
 
 // stringMap mirrors encoding/json: absent or null -> nil map, {} -> empty
+
+func ptrTo[T any](v T) *T { return &v }

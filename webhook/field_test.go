@@ -38,3 +38,31 @@ func TestHandlerWarnsEnvFrom(t *testing.T) {
 		t.Errorf("warnings = %q", resp.Response.Warnings)
 	}
 }
+
+// Issue 14 row 1 through the partial decoder: each Windows marker reaches
+// patch.Apply and the pod is denied with the field that said so.
+func TestHandlerDeniesWindows(t *testing.T) {
+	cases := map[string]struct{ spec, want string }{
+		"os":           {`"os":{"name":"windows"},`, `spec.os.name=\"windows\"`},
+		"nodeSelector": {`"nodeSelector":{"kubernetes.io/os":"windows"},`, `spec.nodeSelector kubernetes.io/os=\"windows\"`},
+		"affinity": {`"affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["windows"]}]}]}}},`,
+			"every term requires kubernetes.io/os"},
+		"pod securityContext":       {`"securityContext":{"windowsOptions":{"runAsUserName":"ContainerUser"}},`, "spec.securityContext.windowsOptions"},
+		"container securityContext": {`"initContainers":[{"name":"setup","image":"x","securityContext":{"windowsOptions":{"hostProcess":false}}}],`, "spec.initContainers[0].securityContext.windowsOptions"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			h, _ := newTestHandler(t)
+			body := review(`{"metadata":{"name":"r","annotations":{"pmem.alibabacloud.com/direct":"true"}},"spec":{` + tc.spec + `"containers":[{"name":"redis","image":"redis","resources":{"limits":{"memory":"1Gi"}}}]}}`)
+			resp, code := serve(t, h, body)
+			if code != http.StatusOK || resp.Response.Allowed || resp.Response.Result == nil {
+				t.Fatalf("code %d, response %+v; want denied", code, resp.Response)
+			}
+			msg := resp.Response.Result.Message
+			want := strings.ReplaceAll(tc.want, `\"`, `"`)
+			if !strings.Contains(msg, want) || !strings.Contains(msg, "PMEM injection is Linux-only") {
+				t.Errorf("denial %q lacks %q", msg, want)
+			}
+		})
+	}
+}
