@@ -1,10 +1,12 @@
 package patch
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Issue 14 row 8: the opt-in written as a label injects nothing but warns,
@@ -136,6 +138,74 @@ func TestWindowsRefused(t *testing.T) {
 				return
 			}
 			assertDenied(t, err, []string{tc.want, "PMEM injection is Linux-only", "remove the annotation " + AnnotationDirect})
+		})
+	}
+}
+
+// Issue 14 row 3: which containers are targets, by name and by default.
+func TestNativeSidecarTargets(t *testing.T) {
+	always := ptr(corev1.ContainerRestartPolicyAlways)
+	redisSidecar := corev1.Container{Name: "redis", Image: "redis:7", RestartPolicy: always,
+		Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}}
+	app := corev1.Container{Name: "app", Image: "example.com/app:1",
+		Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}}
+	appRedis := corev1.Container{Name: "cache", Image: "example.com/base:1", Command: []string{"/usr/bin/redis-server"},
+		Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}}}
+	plainInit := corev1.Container{Name: "setup", Image: "redis:7"}
+	shipper := corev1.Container{Name: "shipper", Image: "example.com/shipper:1", RestartPolicy: always}
+	cases := []struct {
+		name       string
+		annotation string
+		init, apps []corev1.Container
+		want       []string // target names; nil: denied
+		denial     string
+	}{
+		{name: "no sidecar: all app containers", apps: []corev1.Container{app, appRedis}, want: []string{"app", "cache"}},
+		{name: "redis sidecar: only it", init: []corev1.Container{redisSidecar}, apps: []corev1.Container{app}, want: []string{"redis"}},
+		{name: "redis sidecar and redis app container", init: []corev1.Container{redisSidecar}, apps: []corev1.Container{app, appRedis}, want: []string{"redis", "cache"}},
+		{name: "sidecar without target process: app containers", init: []corev1.Container{shipper}, apps: []corev1.Container{app}, want: []string{"app"}},
+		{name: "sidecar by name", annotation: "redis", init: []corev1.Container{redisSidecar}, apps: []corev1.Container{app}, want: []string{"redis"}},
+		{name: "sidecar and app by name", annotation: "app,redis", init: []corev1.Container{redisSidecar}, apps: []corev1.Container{app}, want: []string{"redis", "app"}},
+		{name: "plain init container by name", annotation: "setup", init: []corev1.Container{plainInit}, apps: []corev1.Container{app},
+			denial: `names "setup" (it is an init container that runs to completion before the app starts; only app containers and native sidecars (restartPolicy: Always) can run on PMEM)`},
+		{name: "unknown name lists sidecars", annotation: "nope", init: []corev1.Container{redisSidecar}, apps: []corev1.Container{app},
+			denial: `can run on PMEM are: redis (native sidecar), app`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{}
+			pod.Annotations = map[string]string{AnnotationDirect: "true", AnnotationSize: "4Gi"}
+			if tc.annotation != "" {
+				pod.Annotations[AnnotationContainers] = tc.annotation
+			}
+			pod.Spec.InitContainers, pod.Spec.Containers = tc.init, tc.apps
+			res, err := Apply(pod, testConfig())
+			if tc.denial != "" {
+				assertDenied(t, err, []string{tc.denial})
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, c := range append(slices.Clip(res.Pod.Spec.InitContainers), res.Pod.Spec.Containers...) {
+				if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvMemTiers }) {
+					got = append(got, c.Name)
+					if len(c.VolumeMounts) != 2 {
+						t.Errorf("container %q mounts = %v", c.Name, c.VolumeMounts)
+					}
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("targets = %q, want %q", got, tc.want)
+			}
+			// The PMEM init container starts before every targeted sidecar.
+			initAt := slices.IndexFunc(res.Pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName })
+			for k, c := range res.Pod.Spec.InitContainers {
+				if slices.Contains(got, c.Name) && k < initAt {
+					t.Errorf("sidecar %q starts before %s", c.Name, InitContainerName)
+				}
+			}
 		})
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"maps"
 	"math"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -106,7 +105,11 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	if err != nil {
 		return nil, &DeniedError{Err: err}
 	}
-	targets, err := targetContainers(pod, opts)
+	processes := opts.Processes
+	if processes == nil {
+		processes = cfg.TargetProcesses
+	}
+	targets, err := targetContainers(pod, opts, processes)
 	if err != nil {
 		return nil, err
 	}
@@ -189,43 +192,126 @@ func windowsOnlyTerm(t corev1.NodeSelectorTerm) bool {
 	return false
 }
 
-// targetContainers resolves the containers annotation to indexes into
-// spec.containers (default: every app container).
-func targetContainers(pod *corev1.Pod, opts *Options) ([]int, error) {
+// target is a container the preload is injected into: an app container
+// (spec.containers[i]) or a native sidecar (spec.initContainers[i] with
+// restartPolicy Always), which is a long-running app container too.
+type target struct {
+	init bool
+	i    int
+}
+
+func (t target) of(spec *corev1.PodSpec) *corev1.Container {
+	if t.init {
+		return &spec.InitContainers[t.i]
+	}
+	return &spec.Containers[t.i]
+}
+
+func hasMemoryLimit(c *corev1.Container) bool {
+	_, ok := c.Resources.Limits[corev1.ResourceMemory]
+	return ok
+}
+
+// IsNativeSidecar reports whether an init container keeps running beside
+// the app containers (Kubernetes >= 1.29).
+func IsNativeSidecar(c *corev1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+}
+
+// targetContainers resolves the containers annotation to app containers and
+// native sidecars. The default, when the annotation is absent: every app
+// container, unless a native sidecar runs one of the target processes;
+// then the containers (app or native sidecar) that run one. That makes
+// the common "Redis as a native sidecar of a web app" pod put Redis, and
+// only Redis, on PMEM, while pods without native sidecars keep the
+// simple "all app containers" rule.
+func targetContainers(pod *corev1.Pod, opts *Options, processes []string) ([]target, error) {
 	if len(pod.Spec.Containers) == 0 {
 		return nil, deny("pod has no containers to inject PMEM into")
 	}
+	spec := &pod.Spec
 	if opts.Containers == nil {
-		idx := make([]int, len(pod.Spec.Containers))
-		for i := range idx {
-			idx[i] = i
+		var sidecars []target
+		for i := range spec.InitContainers {
+			if c := &spec.InitContainers[i]; IsNativeSidecar(c) && runsTargetProcess(c, processes) {
+				sidecars = append(sidecars, target{init: true, i: i})
+			}
 		}
-		return idx, nil
+		var out []target
+		for i := range spec.Containers {
+			if sidecars == nil || runsTargetProcess(&spec.Containers[i], processes) {
+				out = append(out, target{i: i})
+			}
+		}
+		return append(sidecars, out...), nil
 	}
-	var idx []int
+	var out []target
 	for _, name := range opts.Containers {
-		i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == name })
-		if i < 0 {
-			var names []string
-			for _, c := range pod.Spec.Containers {
-				names = append(names, c.Name)
-			}
-			kind := "no such container"
-			if slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == name }) {
-				kind = "it is an init container, and only app containers can run on PMEM"
-			}
-			return nil, &DeniedError{Err: invalid(AnnotationContainers, strings.Join(opts.Containers, ","),
-				"names %q (%s); the pod's app containers are: %s", name, kind, strings.Join(names, ", "))}
+		if i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == name }); i >= 0 {
+			out = append(out, target{i: i})
+			continue
 		}
-		idx = append(idx, i)
+		i := slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == name })
+		if i >= 0 && IsNativeSidecar(&spec.InitContainers[i]) {
+			out = append(out, target{init: true, i: i})
+			continue
+		}
+		var names []string
+		for k := range spec.InitContainers {
+			if IsNativeSidecar(&spec.InitContainers[k]) {
+				names = append(names, spec.InitContainers[k].Name+" (native sidecar)")
+			}
+		}
+		for _, c := range spec.Containers {
+			names = append(names, c.Name)
+		}
+		kind := "no such container"
+		if i >= 0 {
+			kind = "it is an init container that runs to completion before the app starts; only app containers and native sidecars (restartPolicy: Always) can run on PMEM"
+		}
+		return nil, &DeniedError{Err: invalid(AnnotationContainers, strings.Join(opts.Containers, ","),
+			"names %q (%s); the pod's containers that can run on PMEM are: %s", name, kind, strings.Join(names, ", "))}
 	}
-	sort.Ints(idx)
-	return idx, nil
+	// Native sidecars first, each list in pod order: the order the
+	// containers start in, and a stable order for the output.
+	slices.SortFunc(out, func(a, b target) int {
+		if a.init != b.init {
+			if a.init {
+				return -1
+			}
+			return 1
+		}
+		return a.i - b.i
+	})
+	return out, nil
+}
+
+// runsTargetProcess guesses whether a container runs one of the processes
+// the preload tiers: its command or args name the program, or its image
+// is named after it (redis for redis-server).
+func runsTargetProcess(c *corev1.Container, processes []string) bool {
+	name := c.Image[strings.LastIndex(c.Image, "/")+1:]
+	if i := strings.IndexAny(name, ":@"); i >= 0 {
+		name = name[:i]
+	}
+	for _, p := range processes {
+		if name != "" && (name == p || strings.HasPrefix(p, name+"-")) {
+			return true
+		}
+		for _, a := range append(slices.Clip(c.Command), c.Args...) {
+			for _, f := range strings.Fields(a) {
+				if f[strings.LastIndex(f, "/")+1:] == p {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // checkCollisions refuses pods that already use one of our names for
 // something of their own: merging would silently change what they mount.
-func checkCollisions(pod *corev1.Pod, targets []int, cfg *Config) error {
+func checkCollisions(pod *corev1.Pod, targets []target, cfg *Config) error {
 	var errs []error
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == PMEMVolumeName || v.Name == LibVolumeName {
@@ -237,8 +323,8 @@ func checkCollisions(pod *corev1.Pod, targets []int, cfg *Config) error {
 			errs = append(errs, fmt.Errorf("pod already has a container named %q; the PMEM injector needs that name for its init container: rename the container", c.Name))
 		}
 	}
-	for _, i := range targets {
-		c := &pod.Spec.Containers[i]
+	for _, t := range targets {
+		c := t.of(&pod.Spec)
 		for _, m := range c.VolumeMounts {
 			if m.MountPath == PMEMMountPath || m.MountPath == cfg.LibDir ||
 				strings.HasPrefix(m.MountPath, PMEMMountPath+"/") || strings.HasPrefix(m.MountPath, cfg.LibDir+"/") {
@@ -268,7 +354,7 @@ type injection struct {
 	pod     *corev1.Pod
 	cfg     *Config
 	opts    *Options
-	targets []int
+	targets []target
 
 	totalSize  resource.Quantity // PVC request (fsdax)
 	sizeLimits []int64           // PMEM_SIZE_LIMIT per target (fsdax)
@@ -298,11 +384,11 @@ func (in *injection) plan() error {
 	if in.processes == nil {
 		in.processes = in.cfg.TargetProcesses
 	}
-	containers := in.pod.Spec.Containers
+	spec := &in.pod.Spec
 
-	for _, i := range in.targets {
-		if _, ok := containers[i].Resources.Limits[corev1.ResourceMemory]; !ok && (in.opts.Mode == ModeKMEM || in.opts.Size != nil) {
-			in.warn("container %q has no memory limit: its DRAM and PMEM use are unbounded; set resources.limits.memory", containers[i].Name)
+	for _, t := range in.targets {
+		if c := t.of(spec); !hasMemoryLimit(c) && (in.opts.Mode == ModeKMEM || in.opts.Size != nil) {
+			in.warn("container %q has no memory limit: its DRAM and PMEM use are unbounded; set resources.limits.memory", c.Name)
 		}
 	}
 
@@ -310,13 +396,14 @@ func (in *injection) plan() error {
 		if err := in.planSize(); err != nil {
 			return err
 		}
-		for _, i := range in.targets {
-			if runsForkingRedis(&containers[i], in.processes) {
+		for _, t := range in.targets {
+			c := t.of(spec)
+			if runsForkingRedis(c, in.processes) {
 				in.warn("container %q: an fsdax heap can't survive fork(), so the preload refuses fork(): BGSAVE, AOF rewrite and replica sync fail; "+
-					"with save points on, writes get MISCONF. Use --save '' --appendonly no, or %s: kmem", containers[i].Name, AnnotationMode)
+					"with save points on, writes get MISCONF. Use --save '' --appendonly no, or %s: kmem", c.Name, AnnotationMode)
 			}
-			if daemonizes(&containers[i]) {
-				in.warn("container %q runs redis-server with --daemonize yes: daemonizing forks, which the fsdax preload refuses, so Redis would exit; run it in the foreground", containers[i].Name)
+			if daemonizes(c) {
+				in.warn("container %q runs redis-server with --daemonize yes: daemonizing forks, which the fsdax preload refuses, so Redis would exit; run it in the foreground", c.Name)
 			}
 		}
 	}
@@ -332,12 +419,13 @@ func (in *injection) plan() error {
 		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", formatSelector(in.cfg.KMEMNodeSelector))
 	}
 
-	for _, i := range in.targets {
-		in.warnEnvFrom(&containers[i])
-		for _, e := range containers[i].Env {
+	for _, t := range in.targets {
+		c := t.of(spec)
+		in.warnEnvFrom(c)
+		for _, e := range c.Env {
 			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
 				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
-					containers[i].Name, EnvLDPreload, abbreviate(e.Value, 60))
+					c.Name, EnvLDPreload, abbreviate(e.Value, 60))
 			}
 		}
 	}
@@ -379,7 +467,7 @@ func (in *injection) warnEnvFrom(c *corev1.Container) {
 
 // planSize decides the PVC size and each target's share of it.
 func (in *injection) planSize() error {
-	containers := in.pod.Spec.Containers
+	spec := &in.pod.Spec
 	shares := make([]int64, len(in.targets))
 	var total int64
 	if in.opts.Size != nil {
@@ -388,13 +476,14 @@ func (in *injection) planSize() error {
 			shares[k] = total / int64(len(shares))
 		}
 	} else {
-		for k, i := range in.targets {
-			limit, ok := containers[i].Resources.Limits[corev1.ResourceMemory]
+		for k, t := range in.targets {
+			c := t.of(spec)
+			limit, ok := c.Resources.Limits[corev1.ResourceMemory]
 			if !ok {
 				return deny("annotation %s is not set and container %q has no memory limit to derive it from: set %s (e.g. 60Gi) or resources.limits.memory on the container",
-					AnnotationSize, containers[i].Name, AnnotationSize)
+					AnnotationSize, c.Name, AnnotationSize)
 			}
-			share, err := derivedShare(containers[i].Name, limit, in.cfg.SizeFactor)
+			share, err := derivedShare(c.Name, limit, in.cfg.SizeFactor)
 			if err != nil {
 				return err
 			}
@@ -404,7 +493,7 @@ func (in *injection) planSize() error {
 			total += share
 			if total > maxSize.Value() {
 				return deny("annotation %s is not set and the size derived from the target containers' memory limits (%s so far, at container %q) exceeds the maximum %s: set %s (at most %s) or lower resources.limits.memory",
-					AnnotationSize, formatBytes(total), containers[i].Name, maxSize.String(), AnnotationSize, maxSize.String())
+					AnnotationSize, formatBytes(total), c.Name, maxSize.String(), AnnotationSize, maxSize.String())
 			}
 		}
 		if total < minSize.Value() {
@@ -421,7 +510,7 @@ func (in *injection) planSize() error {
 		limit = limit / mib * mib
 		if limit < minHeapPerContainer {
 			return deny("PMEM size %s leaves %d MiB for container %q after filesystem headroom; at least %d MiB per container is needed: raise %s",
-				resource.NewQuantity(total, resource.BinarySI).String(), limit/mib, containers[in.targets[k]].Name, minHeapPerContainer/mib, AnnotationSize)
+				resource.NewQuantity(total, resource.BinarySI).String(), limit/mib, in.targets[k].of(spec).Name, minHeapPerContainer/mib, AnnotationSize)
 		}
 		in.sizeLimits[k] = limit
 	}
@@ -492,11 +581,27 @@ func (in *injection) build() *corev1.Pod {
 	out.ObjectMeta.Annotations[AnnotationStatus] = StatusInjected
 
 	out.Spec.Volumes = append(slices.Clip(src.Spec.Volumes), in.volumes()...)
-	out.Spec.InitContainers = append(slices.Clip(src.Spec.InitContainers), InitContainer(in.cfg))
-
+	// The init container goes last, or right before the first native
+	// sidecar that is a target: sidecars start in order with the init
+	// containers, and one started before the libraries are copied would
+	// run without its preload (the loader only warns).
+	at := len(src.Spec.InitContainers)
+	if len(in.targets) > 0 && in.targets[0].init {
+		at = in.targets[0].i
+	}
+	out.Spec.InitContainers = slices.Insert(slices.Clone(src.Spec.InitContainers), at, InitContainer(in.cfg))
 	out.Spec.Containers = slices.Clone(src.Spec.Containers)
-	for k, i := range in.targets {
-		c := &out.Spec.Containers[i]
+	for k, t := range in.targets {
+		var c *corev1.Container
+		if t.init {
+			idx := t.i
+			if idx >= at {
+				idx++
+			}
+			c = &out.Spec.InitContainers[idx]
+		} else {
+			c = &out.Spec.Containers[t.i]
+		}
 		var limit int64
 		if in.sizeLimits != nil {
 			limit = in.sizeLimits[k]

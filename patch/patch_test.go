@@ -72,6 +72,8 @@ func TestApplyGolden(t *testing.T) {
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,
 			`container "redis": an fsdax heap`, "refuses fork()", "MISCONF"}},
 		{name: "envfrom-ldpreload", decision: Injected, wantWarnings: []string{`container "redis": envFrom configMapRef "redis-runtime-env" may set LD_PRELOAD`, "set LD_PRELOAD in env instead"}},
+		{name: "native-sidecar-redis", decision: Injected},
+		{name: "native-sidecar-after-init", decision: Injected, wantWarnings: []string{`container "cache" already sets LD_PRELOAD`}},
 		{name: "no-annotation", decision: NotRequested},
 		{name: "direct-false", decision: NotRequested},
 	}
@@ -182,7 +184,7 @@ func TestInvalidAnnotations(t *testing.T) {
 		{AnnotationContainers, "redis,,x", "entries must not be empty", nil},
 		{AnnotationContainers, "redis,redis", `"redis" is listed twice`, nil},
 		{AnnotationContainers, "Redis", "DNS labels", nil},
-		{AnnotationContainers, "sentinel", `names "sentinel" (no such container); the pod's app containers are: redis`, nil},
+		{AnnotationContainers, "sentinel", `names "sentinel" (no such container); the pod's containers that can run on PMEM are: redis`, nil},
 		{AnnotationMode, "", `must be "fsdax" or "kmem"`, nil},
 		{AnnotationMode, "devdax", `must be "fsdax" or "kmem"`, nil},
 		{AnnotationMode, "FSDAX", `must be "fsdax" or "kmem"`, nil},

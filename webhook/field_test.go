@@ -2,8 +2,15 @@ package webhook
 
 import (
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/yaml"
 )
 
 // review wraps a pod object (JSON) in a CREATE AdmissionReview.
@@ -62,6 +69,41 @@ func TestHandlerDeniesWindows(t *testing.T) {
 			want := strings.ReplaceAll(tc.want, `\"`, `"`)
 			if !strings.Contains(msg, want) || !strings.Contains(msg, "PMEM injection is Linux-only") {
 				t.Errorf("denial %q lacks %q", msg, want)
+			}
+		})
+	}
+}
+
+// Issue 14 row 3 through the webhook: native sidecars get mounts and env in
+// place, and the init container is inserted before the first targeted
+// sidecar; the patched pod equals patch's golden file.
+func TestHandlerNativeSidecarGolden(t *testing.T) {
+	for _, name := range []string{"native-sidecar-redis", "native-sidecar-after-init"} {
+		t.Run(name, func(t *testing.T) {
+			y, err := os.ReadFile(filepath.Join("..", "patch", "testdata", name+".yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			object, err := yaml.YAMLToJSON(y)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _ := newTestHandler(t)
+			resp, code := serve(t, h, review(string(object)))
+			if code != http.StatusOK || !resp.Response.Allowed || resp.Response.Patch == nil {
+				t.Fatalf("code %d, response %+v; want injected", code, resp.Response)
+			}
+			got := applyPatch(t, object, resp.Response.Patch)
+			golden, err := os.ReadFile(filepath.Join("..", "patch", "testdata", name+".golden.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := &corev1.Pod{}
+			if err := yaml.UnmarshalStrict(golden, want); err != nil {
+				t.Fatal(err)
+			}
+			if !equality.Semantic.DeepEqual(want, got) {
+				t.Errorf("patched pod differs from golden (-want +got):\n%s", cmp.Diff(want, got))
 			}
 		})
 	}

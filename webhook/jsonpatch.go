@@ -27,23 +27,57 @@ func BuildPatch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
 	if ops, err = appendOnly(ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes); err != nil {
 		return nil, err
 	}
-	if ops, err = appendOnly(ops, "/spec/initContainers", orig.Spec.InitContainers, mut.Spec.InitContainers); err != nil {
-		return nil, err
+	// The injector adds at most one init container: last, or before the
+	// first native sidecar it targets. The operations apply in order, so
+	// the sidecars' own changes below address them at their new indexes.
+	oi, mi := orig.Spec.InitContainers, mut.Spec.InitContainers
+	at := len(oi)
+	switch {
+	case len(mi) == len(oi):
+	case len(mi) == len(oi)+1:
+		for k := range oi {
+			if oi[k].Name != mi[k].Name {
+				at = k
+				break
+			}
+		}
+		if at == len(oi) {
+			if ops, err = appendOnly(ops, "/spec/initContainers", oi, mi); err != nil {
+				return nil, err
+			}
+		} else {
+			ops = append(ops, jsonpatch.NewOperation("add", "/spec/initContainers/"+strconv.Itoa(at), mi[at]))
+		}
+	default:
+		return nil, fmt.Errorf("initContainers changed from %d to %d; the injector adds at most one", len(oi), len(mi))
+	}
+	for i := range oi {
+		j := i
+		if i >= at {
+			j++
+		}
+		if ops, err = diffContainer(ops, "/spec/initContainers/"+strconv.Itoa(j), &oi[i], &mi[j]); err != nil {
+			return nil, err
+		}
 	}
 	if len(orig.Spec.Containers) != len(mut.Spec.Containers) {
 		return nil, fmt.Errorf("containers changed from %d to %d; the injector never adds app containers", len(orig.Spec.Containers), len(mut.Spec.Containers))
 	}
 	for i := range orig.Spec.Containers {
-		o, m := &orig.Spec.Containers[i], &mut.Spec.Containers[i]
-		base := "/spec/containers/" + strconv.Itoa(i)
-		if ops, err = appendOnly(ops, base+"/volumeMounts", o.VolumeMounts, m.VolumeMounts); err != nil {
-			return nil, err
-		}
-		if ops, err = diffEnv(ops, base+"/env", o.Env, m.Env); err != nil {
+		if ops, err = diffContainer(ops, "/spec/containers/"+strconv.Itoa(i), &orig.Spec.Containers[i], &mut.Spec.Containers[i]); err != nil {
 			return nil, err
 		}
 	}
 	return ops, nil
+}
+
+// diffContainer emits the mounts and env the injector added to a target.
+func diffContainer(ops []jsonpatch.Operation, base string, o, m *corev1.Container) ([]jsonpatch.Operation, error) {
+	ops, err := appendOnly(ops, base+"/volumeMounts", o.VolumeMounts, m.VolumeMounts)
+	if err != nil {
+		return nil, err
+	}
+	return diffEnv(ops, base+"/env", o.Env, m.Env)
 }
 
 // diffMap adds the whole map when the original has none (a JSON pointer
