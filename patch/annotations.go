@@ -24,9 +24,10 @@ const (
 	AnnotationDRAMRatio    = Prefix + "dram-ratio"
 	AnnotationClaim        = Prefix + "claim"
 	AnnotationProcesses    = Prefix + "processes"
-	// AnnotationStatus is written by the injector, never by users: its
-	// presence makes a second pass (reinvocation, offline + online
-	// injection) a no-op.
+	// AnnotationStatus is written by the injector, never by users. It is
+	// not trusted alone (it travels with copied manifests): a second pass
+	// (reinvocation, offline + online injection) is a no-op only when the
+	// injected pieces are there and match the current annotations.
 	AnnotationStatus = Prefix + "status"
 
 	StatusInjected = "injected"

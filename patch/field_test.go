@@ -209,3 +209,50 @@ func TestNativeSidecarTargets(t *testing.T) {
 		})
 	}
 }
+
+// Issue 14 row 5: the status annotation is never trusted alone. An injected
+// pod is a no-op only if its pieces are what the current annotations and
+// configuration give; otherwise it is denied with the difference.
+func TestStatusAnnotationNotTrustedAlone(t *testing.T) {
+	injected := func(t *testing.T, file string) *corev1.Pod {
+		res, err := Apply(loadPod(t, file), testConfig())
+		if err != nil || res.Decision != Injected {
+			t.Fatalf("Apply(%s) = %+v, %v", file, res, err)
+		}
+		return res.Pod.DeepCopy()
+	}
+	cases := []struct {
+		name   string
+		file   string
+		mutate func(*corev1.Pod)
+		want   []string // nil: already injected (no-op)
+	}{
+		{name: "truly injected", file: "redis-single.yaml", mutate: func(*corev1.Pod) {}},
+		{name: "truly injected native sidecar", file: "native-sidecar-after-init.yaml", mutate: func(*corev1.Pod) {}},
+		{name: "truly injected kmem", file: "kmem.yaml", mutate: func(*corev1.Pod) {}},
+		{name: "fsdax then mode kmem", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Annotations[AnnotationMode] = "kmem" },
+			want: []string{`pod is marked pmem.alibabacloud.com/status=injected, but container "redis" has MEMKIND_MEM_TIERS="KIND:FS_DAX`, `where the current annotations give "KIND:KMEM_DAX`, "inject again"}},
+		{name: "size changed", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Annotations[AnnotationSize] = "8Gi" },
+			want: []string{"PMEM_SIZE_LIMIT"}},
+		{name: "env lost", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Spec.Containers[0].Env = nil },
+			want: []string{`container "redis" lacks LD_PRELOAD`}},
+		{name: "init container lost", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Spec.InitContainers = nil },
+			want: []string{`init container "pmem-memkind-init" is missing`}},
+		{name: "memkind image changed", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Spec.InitContainers[0].Image = "old:1" },
+			want: []string{`init container "pmem-memkind-init" has image "old:1"`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := injected(t, tc.file)
+			tc.mutate(pod)
+			res, err := Apply(pod, testConfig())
+			if tc.want == nil {
+				if err != nil || res.Decision != AlreadyInjected || res.Pod != pod {
+					t.Fatalf("Apply = %+v, %v; want an already-injected no-op", res, err)
+				}
+				return
+			}
+			assertDenied(t, err, tc.want)
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -89,9 +90,6 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 		}
 		return res, nil
 	}
-	if pod.Annotations[AnnotationStatus] == StatusInjected {
-		return &Result{Decision: AlreadyInjected, Pod: pod}, nil
-	}
 	if marker := windowsMarker(pod); marker != "" {
 		// The injected init container carries Linux-only securityContext
 		// fields the apiserver forbids on Windows pods, and memkind and
@@ -109,6 +107,18 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	if processes == nil {
 		processes = cfg.TargetProcesses
 	}
+	// The status annotation is never trusted alone: it is copied along
+	// with manifests (kubectl get -o yaml, charts) without what it
+	// describes. A pod marked injected that has none of the pieces is
+	// injected as any other; one that has them is a no-op only if they are
+	// exactly what the current annotations and configuration produce.
+	if pod.Annotations[AnnotationStatus] == StatusInjected && hasInjectedPieces(pod, cfg) {
+		return checkInjected(pod, cfg, opts, processes)
+	}
+	return inject(pod, cfg, opts, processes)
+}
+
+func inject(pod *corev1.Pod, cfg *Config, opts *Options, processes []string) (*Result, error) {
 	targets, err := targetContainers(pod, opts, processes)
 	if err != nil {
 		return nil, err
@@ -123,6 +133,159 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	}
 	out := in.build()
 	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings}, nil
+}
+
+// hasInjectedPieces reports whether any piece the injector adds is there.
+func hasInjectedPieces(pod *corev1.Pod, cfg *Config) bool {
+	if slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == PMEMVolumeName || v.Name == LibVolumeName }) ||
+		slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName }) {
+		return true
+	}
+	for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		for _, e := range c.Env {
+			if e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvLDPreload && containsPath(e.Value, cfg.LibDir+"/"+PreloadLibrary) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkInjected decides for a pod marked injected that carries injected
+// pieces: it removes them, injects again with the current annotations and
+// configuration, and compares. Equal: a no-op (reinvocation, offline then
+// online injection). Different (the mode or size changed after an offline
+// injection, or a piece was lost): denied, naming the difference. Not
+// re-injected in place: the webhook's patch only ever adds (removing
+// would need the fields it never decodes), and pieces of a manifest the
+// user edited are not silently rewritten.
+func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []string) (*Result, error) {
+	want, err := inject(stripInjected(pod, cfg), cfg, opts, processes)
+	if err != nil {
+		return nil, err
+	}
+	if diff := injectedDiff(pod, want.Pod); diff != "" {
+		return nil, deny("pod is marked %s=%s, but %s: the pod carries an injection made with other annotations or configuration. "+
+			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again (pmem-inject on the original manifest)",
+			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload)
+	}
+	return &Result{Decision: AlreadyInjected, Pod: pod}, nil
+}
+
+// stripInjected returns pod without the pieces the injector adds. It
+// works on the webhook's partially decoded pods too: it goes by names.
+func stripInjected(pod *corev1.Pod, cfg *Config) *corev1.Pod {
+	out := *pod
+	out.Annotations = copyMap(pod.Annotations)
+	delete(out.Annotations, AnnotationStatus)
+	out.Spec.Volumes = slices.DeleteFunc(slices.Clone(pod.Spec.Volumes), func(v corev1.Volume) bool { return v.Name == PMEMVolumeName || v.Name == LibVolumeName })
+	out.Spec.InitContainers = slices.DeleteFunc(slices.Clone(pod.Spec.InitContainers), func(c corev1.Container) bool { return c.Name == InitContainerName })
+	preload := cfg.LibDir + "/" + PreloadLibrary
+	strip := func(cs []corev1.Container) {
+		for i := range cs {
+			c := &cs[i]
+			c.VolumeMounts = slices.DeleteFunc(slices.Clone(c.VolumeMounts), func(m corev1.VolumeMount) bool { return m.Name == PMEMVolumeName || m.Name == LibVolumeName })
+			env := slices.DeleteFunc(slices.Clone(c.Env), func(e corev1.EnvVar) bool {
+				return e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvLDPreload && e.Value == preload
+			})
+			for k := range env {
+				if env[k].Name == EnvLDPreload {
+					env[k].Value = strings.TrimPrefix(env[k].Value, preload+":")
+				}
+			}
+			c.Env = env
+		}
+	}
+	strip(out.Spec.InitContainers)
+	out.Spec.Containers = slices.Clone(pod.Spec.Containers)
+	strip(out.Spec.Containers)
+	return &out
+}
+
+// injectedDiff describes the first injected piece of have that differs
+// from want, or returns "". It compares only what the webhook's partial
+// decoder reads (names, image, command and args of the init container,
+// our volumes whole, mount names and paths, the owned env values), so the
+// webhook and pmem-inject decide alike.
+func injectedDiff(have, want *corev1.Pod) string {
+	h := slices.IndexFunc(have.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName })
+	w := slices.IndexFunc(want.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName })
+	switch {
+	case h < 0:
+		return fmt.Sprintf("init container %q is missing", InitContainerName)
+	case h != w:
+		return fmt.Sprintf("init container %q is at initContainers[%d], where it must be at [%d]", InitContainerName, h, w)
+	case have.Spec.InitContainers[h].Image != want.Spec.InitContainers[w].Image ||
+		!slices.Equal(have.Spec.InitContainers[h].Command, want.Spec.InitContainers[w].Command) ||
+		!slices.Equal(have.Spec.InitContainers[h].Args, want.Spec.InitContainers[w].Args):
+		return fmt.Sprintf("init container %q has image %q, command or args other than the configured %q", InitContainerName,
+			have.Spec.InitContainers[h].Image, want.Spec.InitContainers[w].Image)
+	}
+	for _, lists := range [][2][]corev1.Container{{have.Spec.InitContainers, want.Spec.InitContainers}, {have.Spec.Containers, want.Spec.Containers}} {
+		for k := range lists[1] {
+			hc, wc := &lists[0][k], &lists[1][k]
+			for _, name := range []string{EnvLDPreload, EnvMemTiers, EnvTargetProcesses} {
+				hv, hok := envOf(hc.Env, name)
+				wv, wok := envOf(wc.Env, name)
+				switch {
+				case !hok && wok:
+					return fmt.Sprintf("container %q lacks %s", hc.Name, name)
+				case hok && !wok:
+					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, abbreviate(hv, 100))
+				case hv != wv:
+					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, abbreviate(hv, 100), abbreviate(wv, 100))
+				}
+			}
+			if !slices.Equal(ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts)) {
+				return fmt.Sprintf("container %q mounts %v where the current annotations give %v", hc.Name, ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts))
+			}
+		}
+	}
+	for _, name := range []string{PMEMVolumeName, LibVolumeName} {
+		h := slices.IndexFunc(have.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == name })
+		w := slices.IndexFunc(want.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == name })
+		switch {
+		case h < 0 && w >= 0:
+			return fmt.Sprintf("volume %q is missing", name)
+		case h >= 0 && w < 0:
+			return fmt.Sprintf("volume %q is not used by the current mode %s", name, modeOf(want))
+		case h >= 0 && !equality.Semantic.DeepEqual(have.Spec.Volumes[h].VolumeSource, want.Spec.Volumes[w].VolumeSource):
+			return fmt.Sprintf("volume %q differs from what the current annotations produce", name)
+		}
+	}
+	for k, v := range want.Spec.NodeSelector {
+		if have.Spec.NodeSelector[k] != v {
+			return fmt.Sprintf("nodeSelector %s=%q is missing", k, v)
+		}
+	}
+	return ""
+}
+
+func modeOf(pod *corev1.Pod) Mode {
+	if m := Mode(pod.Annotations[AnnotationMode]); m != "" {
+		return m
+	}
+	return ModeFSDAX
+}
+
+func envOf(env []corev1.EnvVar, name string) (string, bool) {
+	for _, e := range env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+// ownMounts lists the injector's mounts of a container as name:path.
+func ownMounts(ms []corev1.VolumeMount) []string {
+	var out []string
+	for _, m := range ms {
+		if m.Name == PMEMVolumeName || m.Name == LibVolumeName {
+			out = append(out, m.Name+":"+m.MountPath)
+		}
+	}
+	return out
 }
 
 // LabelOptInWarning is the warning for a pod whose opt-in was written as a

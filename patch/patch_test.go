@@ -74,6 +74,7 @@ func TestApplyGolden(t *testing.T) {
 		{name: "envfrom-ldpreload", decision: Injected, wantWarnings: []string{`container "redis": envFrom configMapRef "redis-runtime-env" may set LD_PRELOAD`, "set LD_PRELOAD in env instead"}},
 		{name: "native-sidecar-redis", decision: Injected},
 		{name: "native-sidecar-after-init", decision: Injected, wantWarnings: []string{`container "cache" already sets LD_PRELOAD`}},
+		{name: "stale-status", decision: Injected},
 		{name: "no-annotation", decision: NotRequested},
 		{name: "direct-false", decision: NotRequested},
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/buger/jsonparser"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
 // decodeForPatch decodes only the parts of a pod that patch.Apply reads
@@ -66,7 +68,7 @@ func decodeForPatch(raw []byte) (*corev1.Pod, error) {
 		case "nodeSelector":
 			pod.Spec.NodeSelector, err = stringMapValue(value, vt, "spec.nodeSelector")
 		case "volumes":
-			pod.Spec.Volumes, err = namedList(value, vt, "spec.volumes", func(name string) corev1.Volume { return corev1.Volume{Name: name} })
+			pod.Spec.Volumes, err = volumes(value, vt)
 		case "initContainers":
 			// Decoded like app containers: native sidecars can be targets,
 			// and any init container can say the pod is Windows.
@@ -164,18 +166,24 @@ func elements(value []byte, vt jsonparser.ValueType, field string) ([][]byte, er
 	return elems, err
 }
 
-func namedList[T any](value []byte, vt jsonparser.ValueType, field string, mk func(string) T) ([]T, error) {
-	elems, err := elements(value, vt, field)
+// volumes keeps every volume's name (indexes must match the document) and
+// decodes whole only the injector's own, which patch.Apply compares with
+// what it would inject when a pod is marked injected.
+func volumes(value []byte, vt jsonparser.ValueType) ([]corev1.Volume, error) {
+	elems, err := elements(value, vt, "spec.volumes")
 	if err != nil || elems == nil {
 		return nil, err
 	}
-	out := make([]T, 0, len(elems))
-	for _, e := range elems {
-		name, err := optString(e, "name")
-		if err != nil {
+	out := make([]corev1.Volume, len(elems))
+	for i, e := range elems {
+		if out[i].Name, err = optString(e, "name"); err != nil {
 			return nil, err
 		}
-		out = append(out, mk(name))
+		if out[i].Name == patch.PMEMVolumeName || out[i].Name == patch.LibVolumeName {
+			if err := json.Unmarshal(e, &out[i]); err != nil {
+				return nil, fmt.Errorf("spec.volumes[%d]: %w", i, err)
+			}
+		}
 	}
 	return out, nil
 }

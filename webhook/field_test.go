@@ -108,3 +108,58 @@ func TestHandlerNativeSidecarGolden(t *testing.T) {
 		})
 	}
 }
+
+// Issue 14 row 5 through the webhook, whose fast path used to skip every
+// pod marked injected: a truly injected pod (reinvocation) is still a
+// no-op, a stale mark gets injected, a stale injection is denied.
+func TestHandlerStatusAnnotationNotTrustedAlone(t *testing.T) {
+	podJSON := func(t *testing.T, file string, mutate func(string) string) string {
+		y, err := os.ReadFile(filepath.Join("..", "patch", "testdata", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := yaml.YAMLToJSON([]byte(mutate(string(y))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(j)
+	}
+	same := func(s string) string { return s }
+	cases := []struct {
+		name, file string
+		mutate     func(string) string
+		patched    bool
+		denial     string
+	}{
+		{name: "reinvocation of an injected pod", file: "redis-single.golden.yaml", mutate: same},
+		{name: "reinvocation of an injected native sidecar", file: "native-sidecar-after-init.golden.yaml", mutate: same},
+		{name: "marked injected, nothing injected", file: "stale-status.yaml", mutate: same, patched: true},
+		{name: "injected fsdax, now kmem", file: "redis-single.golden.yaml", mutate: func(s string) string {
+			return strings.Replace(s, `pmem.alibabacloud.com/direct: "true"`, "pmem.alibabacloud.com/direct: \"true\"\n    pmem.alibabacloud.com/mode: kmem", 1)
+		}, denial: `container "redis" has MEMKIND_MEM_TIERS="KIND:FS_DAX`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := newTestHandler(t)
+			resp, code := serve(t, h, review(podJSON(t, tc.file, tc.mutate)))
+			if code != http.StatusOK {
+				t.Fatalf("code %d", code)
+			}
+			r := resp.Response
+			switch {
+			case tc.denial != "":
+				if r.Allowed || r.Result == nil || !strings.Contains(r.Result.Message, tc.denial) {
+					t.Errorf("response %+v; want denied with %q", r, tc.denial)
+				}
+			case tc.patched:
+				if !r.Allowed || r.Patch == nil || !strings.Contains(string(r.Patch), "pmem-memkind-init") {
+					t.Errorf("response %+v; want injected", r)
+				}
+			default:
+				if !r.Allowed || r.Patch != nil || len(r.Warnings) > 0 {
+					t.Errorf("response %+v; want a no-op", r)
+				}
+			}
+		})
+	}
+}

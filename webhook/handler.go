@@ -75,9 +75,11 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return allowed, DecisionSkipped
 	}
 
-	// Still without decoding the pod: read the two annotations that
-	// decide whether there is anything to do. Pods that opted out, or were
-	// injected already (reinvocation, offline injection), stop here.
+	// Still without decoding the pod: read the opt-in annotation. Pods
+	// that opted out stop here. Pods marked injected (reinvocation,
+	// offline injection) do not: the status annotation is copied along
+	// with manifests without what it describes, so patch.Apply checks
+	// that the injected pieces are there and current (a no-op if so).
 	direct, derr := jsonparser.GetString(req.Object.Raw, "metadata", "annotations", patch.AnnotationDirect)
 	if errors.Is(derr, jsonparser.KeyPathNotFoundError) {
 		// The key is somewhere else: as a label it is a mistaken opt-in
@@ -91,11 +93,6 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	}
 	if derr == nil && direct == "false" {
 		return allowed, DecisionSkipped
-	}
-	if derr == nil && direct == "true" {
-		if status, err := jsonparser.GetString(req.Object.Raw, "metadata", "annotations", patch.AnnotationStatus); err == nil && status == patch.StatusInjected {
-			return allowed, DecisionSkipped
-		}
 	}
 
 	pod, err := decodeForPatch(req.Object.Raw)
