@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -161,5 +162,45 @@ func TestHandlerStatusAnnotationNotTrustedAlone(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Regression (issue 14, already passing): keys with "/" and "~" are escaped
+// as JSON Pointer tokens, and a container with LD_PRELOAD listed twice gets
+// the preload in both entries (the later one is what the container sees),
+// and the result is a no-op on reinvocation.
+func TestPatchRegressions(t *testing.T) {
+	if got := escape("a~b/c"); got != "a~0b~1c" {
+		t.Errorf("escape = %q, want a~0b~1c", got)
+	}
+	h, _ := newTestHandler(t)
+	object := `{"metadata":{"name":"r","annotations":{"pmem.alibabacloud.com/direct":"true","pmem.alibabacloud.com/mode":"kmem","x.example/a~b":"1"}},` +
+		`"spec":{"nodeSelector":{"zone/a~b":"z"},"containers":[{"name":"redis","image":"redis","command":["redis-server"],"resources":{"limits":{"memory":"1Gi"}},` +
+		`"env":[{"name":"LD_PRELOAD","value":"/a.so"},{"name":"X","value":"1"},{"name":"LD_PRELOAD","value":"/b.so"}]}]}}`
+	resp, code := serve(t, h, review(object))
+	if code != http.StatusOK || !resp.Response.Allowed || resp.Response.Patch == nil {
+		t.Fatalf("code %d, response %+v; want injected", code, resp.Response)
+	}
+	p := string(resp.Response.Patch)
+	for _, want := range []string{`"/metadata/annotations/pmem.alibabacloud.com~1status"`, `"/spec/nodeSelector/pmem.alibabacloud.com~1kmem"`} {
+		if !strings.Contains(p, want) {
+			t.Errorf("patch lacks %s: %s", want, p)
+		}
+	}
+	got := applyPatch(t, []byte(object), resp.Response.Patch)
+	if got.Annotations["x.example/a~b"] != "1" || got.Spec.NodeSelector["zone/a~b"] != "z" || got.Spec.NodeSelector["pmem.alibabacloud.com/kmem"] != "true" {
+		t.Errorf("keys with / and ~ mangled: %v %v", got.Annotations, got.Spec.NodeSelector)
+	}
+	env := got.Spec.Containers[0].Env
+	if env[0].Value != "/opt/pmem-memkind/libpmem-preload.so:/a.so" || env[2].Value != "/opt/pmem-memkind/libpmem-preload.so:/b.so" {
+		t.Errorf("duplicate LD_PRELOAD entries: %+v", env)
+	}
+	again, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = serve(t, h, review(string(again)))
+	if !resp.Response.Allowed || resp.Response.Patch != nil {
+		t.Errorf("reinvocation: %+v; want a no-op", resp.Response)
 	}
 }
