@@ -79,6 +79,16 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 		return &WorkloadResult{}, nil
 	}
 	res := &WorkloadResult{}
+	// A ReplicaSet of a Deployment or a Job of a CronJob gets its template
+	// from its owner, where the rule already ran; changing it here would
+	// make the owner's controller no longer recognise its own child.
+	if refs, _ := mapAt(obj, "metadata")["ownerReferences"].([]any); len(refs) > 0 {
+		for _, r := range refs {
+			if c, _ := asMap(r)["controller"].(bool); c {
+				return res, nil
+			}
+		}
+	}
 
 	own := map[string]string{}
 	for k, v := range stringMap(mapAt(obj, "metadata"), "annotations") {

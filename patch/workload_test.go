@@ -73,7 +73,10 @@ func TestApplyWorkload(t *testing.T) {
 		changed   bool
 		warning   string
 		denied    string
+		owned     bool // has a controller ownerReference
 	}{
+		{name: "a controller's child is left to its owner", kind: "ReplicaSet", owned: true,
+			own: `{"pmem.alibabacloud.com/direct": "yes"}`, want: map[string]string{}},
 		{name: "copied to the template", kind: "Deployment",
 			own:  `{"pmem.alibabacloud.com/direct": "true", "pmem.alibabacloud.com/size": "2Gi", "other": "x"}`,
 			want: map[string]string{d: "true", s: "2Gi", fw: "direct,size"}, changed: true},
@@ -136,6 +139,9 @@ func TestApplyWorkload(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			obj := workloadObj(t, tt.kind, tt.own, tt.tmpl)
+			if tt.owned {
+				obj["metadata"].(map[string]any)["ownerReferences"] = []any{map[string]any{"kind": "Deployment", "name": "redis", "controller": true}}
+			}
 			res, err := ApplyWorkload(obj, testConfig())
 			if tt.denied != "" {
 				var denied *DeniedError
