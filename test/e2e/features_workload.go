@@ -29,6 +29,7 @@ func WorkloadFeatures(env *Env) []e2etypes.Feature {
 		WorkloadAnnotateStatefulSet(env),
 		WorkloadAnnotateCronJob(env),
 		WorkloadAnnotateRefused(env),
+		KubectlPmemEnableStatusDisable(env),
 	}
 }
 
