@@ -68,7 +68,8 @@ type WorkloadResult struct {
 //   - keys the user wrote on the template themselves win and are never
 //     touched.
 //
-// The resulting template is then checked as the pod rule will check its
+// When the workload carries pmem annotations, the resulting template is
+// checked as the pod rule will check its
 // pods (same parser, same messages, the StatefulSet's claim templates
 // counted as volumes), so a bad value is refused at the workload, where
 // `kubectl annotate` shows it, instead of at every pod creation.
@@ -157,8 +158,15 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 		want[AnnotationFromWorkload] = strings.Join(ours, ",")
 	}
 
-	if err := checkTemplate(obj, kind, tmpl, want, cfg); err != nil {
-		return nil, err
+	// Judged only when the workload itself carries pmem annotations (the
+	// rule is acting for it, e.g. `kubectl annotate`). A template the user
+	// annotated directly is left to the pod rule at pod creation, where the
+	// refusal shows on the ReplicaSet: a Deployment with such a template
+	// was always accepted, and this rule does not change that.
+	if len(own) > 0 {
+		if err := checkTemplate(obj, kind, tmpl, want, cfg); err != nil {
+			return nil, err
+		}
 	}
 
 	if sameStringMap(current, want) {
