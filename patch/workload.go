@@ -69,10 +69,10 @@ type WorkloadResult struct {
 //     touched.
 //
 // When the workload carries pmem annotations, the resulting template is
-// checked as the pod rule will check its
-// pods (same parser, same messages, the StatefulSet's claim templates
-// counted as volumes), so a bad value is refused at the workload, where
-// `kubectl annotate` shows it, instead of at every pod creation.
+// then checked as the pod rule will check its pods (same parser, same
+// messages, the StatefulSet's claim templates counted as volumes), so a bad
+// value is refused at the workload, where `kubectl annotate` shows it,
+// instead of at every pod creation.
 func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 	kind, _ := obj["kind"].(string)
 	path, ok := workloadTemplates[kind]
