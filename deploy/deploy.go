@@ -46,6 +46,9 @@ const (
 	ServiceName       = "pmem-webhook"
 	ServingCertName   = "pmem-webhook-serving-cert"
 	WebhookPath       = "/mutate-v1-pod"
+	// The second webhook: the workload rule (webhook.WorkloadPath).
+	WorkloadWebhookName = "workload.pmem.alibabacloud.com"
+	WorkloadWebhookPath = "/mutate-workloads"
 	// DefaultDir is the kustomization `kubectl apply -k` installs.
 	DefaultDir = "default"
 	// ChartDir is the Helm chart, relative to the deploy tree.

@@ -268,9 +268,10 @@ func keys[V any](m map[string]V) []string {
 func checkWebhook(t *testing.T, r *rendered, wantFailurePolicy admissionregistrationv1.FailurePolicyType) {
 	t.Helper()
 	cfg := r.webhook
-	if cfg.Name != WebhookConfigName || len(cfg.Webhooks) != 1 {
-		t.Fatalf("webhook configuration %q with %d webhooks, want %q with 1", cfg.Name, len(cfg.Webhooks), WebhookConfigName)
+	if cfg.Name != WebhookConfigName || len(cfg.Webhooks) != 2 {
+		t.Fatalf("webhook configuration %q with %d webhooks, want %q with 2 (pods, workloads)", cfg.Name, len(cfg.Webhooks), WebhookConfigName)
 	}
+	checkWorkloadWebhook(t, r)
 	w := cfg.Webhooks[0]
 	ns := r.service.Namespace
 	if w.Name != WebhookName {

@@ -220,6 +220,13 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		s.handler.ServeHTTP(w, r)
 	}))
+	workloads := webhook.NewWorkloadWebhook(&webhook.WorkloadHandler{Config: s.opts.Config, Log: s.opts.Log.WithName("workloads")})
+	mux.Handle(webhook.WorkloadPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		workloads.ServeHTTP(w, r)
+	}))
 	srv := &http.Server{
 		Handler: mux,
 		TLSConfig: &tls.Config{

@@ -11,25 +11,12 @@ import (
 
 	jsonpatchapply "github.com/evanphx/json-patch/v5"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
-
-// templatePaths maps the kinds that carry a pod (template) to the JSON
-// pointer of its metadata+spec. Other kinds pass through.
-var templatePaths = map[string]string{
-	"Pod":         "",
-	"Deployment":  "/spec/template",
-	"StatefulSet": "/spec/template",
-	"DaemonSet":   "/spec/template",
-	"ReplicaSet":  "/spec/template",
-	"Job":         "/spec/template",
-	"CronJob":     "/spec/jobTemplate/spec/template",
-}
 
 // injector rewrites a stream of manifests.
 type injector struct {
@@ -111,91 +98,191 @@ func (in *injector) document(n int, d *document) error {
 	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
 		return nil
 	}
-	var head struct {
-		Kind     string            `json:"kind"`
-		Metadata metav1.ObjectMeta `json:"metadata"`
-	}
-	if err := json.Unmarshal(js, &head); err != nil {
+	obj, err := decodeObject(js)
+	if err != nil {
 		return fmt.Errorf("document %d: not a Kubernetes object: %w", n, err)
 	}
-	d.header = fmt.Sprintf("%s %s (document %d)", head.Kind, head.Metadata.Name, n)
-	path, ok := templatePaths[head.Kind]
-	if !ok {
-		return nil
+	changed, err := in.object(obj, fmt.Sprintf("(document %d)", n))
+	if err != nil || !changed {
+		return err
 	}
-	if path != "" {
-		for k := range head.Metadata.Annotations {
-			if strings.HasPrefix(k, patch.Prefix) {
-				fmt.Fprintf(in.warnings, "warning: %s: annotation %s is on the %s's own metadata, where it has no effect; put it on %s.metadata.annotations\n",
-					d.header, k, head.Kind, strings.ReplaceAll(strings.TrimPrefix(path, "/"), "/", "."))
-			}
-		}
-	}
-
-	tmplJSON, err := subtree(js, path)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.header, err)
-	}
-	pod := &corev1.Pod{}
-	if err := json.Unmarshal(tmplJSON, pod); err != nil {
-		return fmt.Errorf("%s: pod template does not decode: %w", d.header, err)
-	}
-	res, err := patch.Apply(pod, in.cfg)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.header, err)
-	}
-	// Warnings first: a pod that was not injected can carry one too (the
-	// opt-in written as a label).
-	for _, w := range res.Warnings {
-		fmt.Fprintf(in.warnings, "warning: %s: %s\n", d.header, w)
-	}
-	if res.Decision != patch.Injected {
-		return nil
-	}
-	ops, err := webhook.BuildPatch(pod, res.Pod)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.header, err)
-	}
-	for i := range ops {
-		ops[i].Path = path + ops[i].Path
-	}
-	opsJSON, err := json.Marshal(ops)
+	// Only changed documents are re-encoded: the others keep their bytes,
+	// comments included.
+	patched, err := json.Marshal(obj)
 	if err != nil {
 		return err
 	}
-	p, err := jsonpatchapply.DecodePatch(opsJSON)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.header, err)
-	}
-	// Patching the document's own JSON keeps every field the Go types
-	// do not know and every field outside the pod template as it was.
-	patched, err := p.Apply(js)
-	if err != nil {
-		return fmt.Errorf("%s: apply patch: %w", d.header, err)
-	}
 	if d.out, err = yaml.JSONToYAML(patched); err != nil {
-		return fmt.Errorf("%s: %w", d.header, err)
+		return fmt.Errorf("document %d: %w", n, err)
 	}
 	return nil
 }
 
-// subtree returns the JSON value at a JSON pointer made of plain keys.
-func subtree(js []byte, pointer string) ([]byte, error) {
-	if pointer == "" {
-		return js, nil
-	}
-	var node any
-	if err := json.Unmarshal(js, &node); err != nil {
+// decodeObject keeps numbers as written (json.Number): float64 would
+// round large integers in fields the injector never looks at.
+func decodeObject(js []byte) (map[string]any, error) {
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&obj); err != nil {
 		return nil, err
 	}
-	for _, key := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
-		m, ok := node.(map[string]any)
-		if !ok {
-			return nil, fmt.Errorf("no %s in the object", pointer)
+	if obj == nil {
+		return nil, errors.New("not a JSON object")
+	}
+	return obj, nil
+}
+
+// object injects one object in place, the way admission would treat it:
+// the workload rule first (as the workload webhook does at the workload's
+// admission), then the pod rule on the template (as the pod webhook does
+// for every pod created from it). where locates it for messages.
+func (in *injector) object(obj map[string]any, where string) (bool, error) {
+	kind, _ := obj["kind"].(string)
+	name, _ := mapAt(obj, "metadata")["name"].(string)
+	header := fmt.Sprintf("%s %s %s", kind, name, where)
+
+	if kind == "List" || strings.HasSuffix(kind, "List") && obj["items"] != nil {
+		// `kubectl get -o yaml` of several objects, generators: the items
+		// are objects of their own.
+		items, _ := obj["items"].([]any)
+		changed := false
+		var errs []error
+		for i, it := range items {
+			m, ok := it.(map[string]any)
+			if !ok {
+				continue
+			}
+			c, err := in.object(m, fmt.Sprintf("(item %d of %s)", i, strings.TrimSpace(kind+" "+name+" "+where)))
+			if err != nil {
+				errs = append(errs, err)
+			}
+			changed = changed || c
 		}
-		if node, ok = m[key]; !ok {
-			return nil, fmt.Errorf("no %s in the object", pointer)
+		return changed, errors.Join(errs...)
+	}
+
+	if kind == "Pod" {
+		return in.template(obj, header, obj)
+	}
+	path, known := patch.WorkloadTemplatePath(kind)
+	if !known {
+		// Unknown kinds that carry a pod template (OpenKruise CloneSet,
+		// Argo Rollout, ...): the pod webhook injects their pods at
+		// creation, so offline injects the template the same way; the
+		// workload rule (annotations on the object's own metadata) is
+		// only for the built-in kinds, which the user should know.
+		tmpl := mapAt(obj, "spec", "template")
+		if tmpl == nil || mapAt(tmpl, "spec")["containers"] == nil {
+			return false, nil
+		}
+		for k := range stringKeys(mapAt(obj, "metadata"), "annotations") {
+			if strings.HasPrefix(k, patch.Prefix) {
+				fmt.Fprintf(in.warnings, "warning: %s: annotation %s on the %s's own metadata is not copied to its pod template (only built-in workload kinds are); put it on spec.template.metadata.annotations\n", header, k, kind)
+			}
+		}
+		changed, err := in.template(tmpl, header, nil)
+		if changed {
+			fmt.Fprintf(in.warnings, "warning: %s: kind %s is not a built-in workload; its spec.template was injected as a pod template\n", header, kind)
+		}
+		return changed, err
+	}
+
+	res, err := patch.ApplyWorkload(obj, in.cfg)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", header, err)
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(in.warnings, "warning: %s: %s\n", header, w)
+	}
+	tmpl := mapAt(obj, path...)
+	if tmpl == nil {
+		return res.Changed, nil
+	}
+	changed, err := in.template(tmpl, header, obj)
+	return res.Changed || changed, err
+}
+
+// template runs the pod rule on a pod or pod template in place. owner is
+// the workload (nil for a pod or an unknown kind), whose StatefulSet claim
+// templates count as the pod's volumes, as they will at pod creation.
+func (in *injector) template(tmpl map[string]any, header string, owner map[string]any) (bool, error) {
+	js, err := json.Marshal(tmpl)
+	if err != nil {
+		return false, err
+	}
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(js, pod); err != nil {
+		return false, fmt.Errorf("%s: pod template does not decode: %w", header, err)
+	}
+	if owner != nil && owner["kind"] == "StatefulSet" {
+		// The same check the workload webhook makes (patch.TemplatePod);
+		// injection itself works on the template as written.
+		full, err := patch.TemplatePod(owner, "StatefulSet", tmpl)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", header, err)
+		}
+		if _, err := patch.Apply(full, in.cfg); err != nil {
+			return false, fmt.Errorf("%s: %w", header, err)
 		}
 	}
-	return json.Marshal(node)
+	res, err := patch.Apply(pod, in.cfg)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", header, err)
+	}
+	// Warnings first: a pod that was not injected can carry one too (the
+	// opt-in written as a label).
+	for _, w := range res.Warnings {
+		fmt.Fprintf(in.warnings, "warning: %s: %s\n", header, w)
+	}
+	if res.Decision != patch.Injected {
+		return false, nil
+	}
+	ops, err := webhook.BuildPatch(pod, res.Pod)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", header, err)
+	}
+	opsJSON, err := json.Marshal(ops)
+	if err != nil {
+		return false, err
+	}
+	p, err := jsonpatchapply.DecodePatch(opsJSON)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", header, err)
+	}
+	// Patching the template's own JSON keeps every field the Go types do
+	// not know as it was.
+	patched, err := p.Apply(js)
+	if err != nil {
+		return false, fmt.Errorf("%s: apply patch: %w", header, err)
+	}
+	out, err := decodeObject(patched)
+	if err != nil {
+		return false, err
+	}
+	clear(tmpl)
+	for k, v := range out {
+		tmpl[k] = v
+	}
+	return true, nil
+}
+
+func mapAt(obj map[string]any, path ...string) map[string]any {
+	cur := obj
+	for _, k := range path {
+		if cur == nil {
+			return nil
+		}
+		cur, _ = cur[k].(map[string]any)
+	}
+	return cur
+}
+
+func stringKeys(obj map[string]any, key string) map[string]bool {
+	out := map[string]bool{}
+	m, _ := obj[key].(map[string]any)
+	for k := range m {
+		out[k] = true
+	}
+	return out
 }

@@ -4,12 +4,15 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"github.com/pmem-webhook/pmem-webhook/config"
 )
 
@@ -22,9 +25,14 @@ func main() {
 
 func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	name, args := filepath.Base(argv[0]), argv[1:]
+	// enable, disable and status talk to a cluster (package plugin); the
+	// same binary serves them as pmem-inject SUBCOMMAND too.
+	if len(args) > 0 && slices.Contains(plugin.Subcommands, args[0]) {
+		return plugin.Run(context.Background(), args, stdout, stderr)
+	}
 	if name == "kubectl-pmem" {
 		if len(args) == 0 || args[0] != "inject" {
-			return fmt.Errorf("usage: kubectl pmem inject -f FILE [flags]")
+			return fmt.Errorf("usage: kubectl pmem inject -f FILE [flags] | kubectl pmem {enable|disable|status} WORKLOAD [flags]")
 		}
 		name, args = "kubectl pmem inject", args[1:]
 	}

@@ -61,7 +61,7 @@ func TestInjectGolden(t *testing.T) {
 		t.Errorf("untouched documents must be copied byte for byte, comments included")
 	}
 	for _, w := range []string{
-		"warning: Deployment misplaced (document 5): annotation pmem.alibabacloud.com/direct is on the Deployment's own metadata, where it has no effect; put it on spec.template.metadata.annotations",
+		`warning: Deployment misplaced (document 5): annotation pmem.alibabacloud.com/size="8Gi" on the Deployment is not copied to the pod template, which sets "2Gi" itself; the template's value wins`,
 		"warning: StatefulSet cache (document 3): mode kmem: added nodeSelector",
 	} {
 		if !strings.Contains(stderr, w) {

@@ -310,8 +310,10 @@ func TestWebhookRegisteredFromDeploy(t *testing.T) {
 	for i := range shipped.Webhooks {
 		got, want := stored.Webhooks[i].DeepCopy(), shipped.Webhooks[i].DeepCopy()
 		url := got.ClientConfig.URL
-		if url == nil || *url != wh.URL+deploy.WebhookPath {
-			t.Errorf("webhook %s: clientConfig.url = %v, want %s", got.Name, url, wh.URL+deploy.WebhookPath)
+		// Each webhook keeps its own path (pods, workloads) on the test URL.
+		wantURL := wh.URL + *want.ClientConfig.Service.Path
+		if url == nil || *url != wantURL {
+			t.Errorf("webhook %s: clientConfig.url = %v, want %s", got.Name, ptrString(url), wantURL)
 		}
 		if string(got.ClientConfig.CABundle) != string(wh.CAPEM) {
 			t.Errorf("webhook %s: caBundle is not the webhook's test CA", got.Name)
@@ -336,4 +338,11 @@ func TestDeployedInjectionConfig(t *testing.T) {
 	if want := "csi-pmem-direct"; got.DefaultStorageClass != want {
 		t.Errorf("defaultStorageClass = %q, want %q (deploy/webhook/deployment.yaml --default-storage-class)", got.DefaultStorageClass, want)
 	}
+}
+
+func ptrString(p *string) string {
+	if p == nil {
+		return "<nil>"
+	}
+	return *p
 }

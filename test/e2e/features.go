@@ -25,7 +25,7 @@ import (
 
 // Features returns every feature of the e2e suite, bound to env.
 func Features(env *Env) []e2etypes.Feature {
-	return []e2etypes.Feature{
+	return append([]e2etypes.Feature{
 		AnnotateRunningDeployment(env),
 		UnannotatedUnchanged(env),
 		InvalidAnnotationsRefused(env),
@@ -33,7 +33,7 @@ func Features(env *Env) []e2etypes.Feature {
 		ReinvocationInjectsOnce(env),
 		PodSecurityRestricted(env),
 		StatefulSetAndCronJob(env),
-	}
+	}, WorkloadFeatures(env)...)
 }
 
 func setupNamespace(labels map[string]string) features.Func {
