@@ -1,7 +1,7 @@
 # Node tier: the PMEM preload (page-level placement), the init program and Debian's real Redis.
 # (issue 4; docs/node.md)
 
-NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils
+NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils musl-tools
 NODE_PKGS := ./preload/... ./memkindinit/... ./cmd/pmem-memkind-init/... ./cmd/pmem-stage/... ./test/node/...
 
 .PHONY: node-deps preload stage-memkind test-node bench-redis

@@ -230,3 +230,39 @@ func TestShellToolsUnderPreload(t *testing.T) {
 		}
 	}
 }
+
+// TestMusl: a dynamically linked musl program (Alpine-style) loads the
+// preload (it exited 127 with "symbol not found" under the malloc
+// interposer) and gets the same semantics, fork included (pthread_atfork).
+func TestMusl(t *testing.T) {
+	libDir, _ := setup(t)
+	if _, err := exec.LookPath("musl-gcc"); err != nil {
+		skip(t, "musl-gcc not installed (apt-get install musl-tools)")
+	}
+	const loader = "/lib/ld-musl-x86_64.so.1"
+	if _, err := os.Stat(loader); err != nil {
+		skip(t, "no musl dynamic loader: "+err.Error())
+	}
+	prog := filepath.Join(t.TempDir(), "semantics-musl")
+	if out, err := exec.Command("musl-gcc", "-O1", "-Wl,-dynamic-linker,"+loader, "-o", prog, "testdata/semantics.c").CombinedOutput(); err != nil {
+		t.Fatalf("musl-gcc: %v\n%s", err, out)
+	}
+	pmem := t.TempDir()
+	for _, tc := range []struct{ targets, mode, wantLog string }{
+		{"redis-server", "plain", ""},
+		{"semantics-musl", "fsdax", "heap on FS_DAX PMEM"},
+	} {
+		cmd := exec.Command(prog, tc.mode, pmem)
+		cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PMEM_TARGET_PROCESSES=" + tc.targets,
+			"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil || !strings.HasPrefix(string(out), "PASS ") {
+			t.Fatalf("%s: %v: %q\n%s", tc.mode, err, out, stderr.String())
+		}
+		if !strings.Contains(stderr.String(), tc.wantLog) {
+			t.Errorf("%s: stderr lacks %q: %s", tc.mode, tc.wantLog, stderr.String())
+		}
+	}
+}
