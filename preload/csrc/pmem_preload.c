@@ -65,6 +65,8 @@ enum {
 	SYS_mmap = 9, SYS_munmap = 11, SYS_mremap = 25, SYS_madvise = 28,
 	SYS_getpid = 39, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
+	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
+	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -282,6 +284,12 @@ static struct {
 	unsigned long forks;
 	int privat;  // heap extents are MAP_PRIVATE since a fork: never write the file
 	int child;   // we are a forked child
+	uint64_t *zbits; // private mode: page replaced by anonymous zeros (punch at restore)
+	uint64_t *dbits; // private mode: page freed, offset kept out of use (punch at restore)
+	int kids[8];     // read ends of one pipe per child that may still map the file
+	int nkids;
+	int norestore;   // the heap stays private for good (reason in why)
+	unsigned long restores, restore_fail, calls_since_try, restore_max_ms;
 	int pid;
 	unsigned long nodes_pmem, nodes_dram;
 } st;
@@ -354,8 +362,23 @@ static void write_status(void)
 	bu(&b, st.fallback_calls);
 	bs(&b, "\nforks=");
 	bu(&b, st.forks);
+	bs(&b, "\nrestores=");
+	bu(&b, st.restores);
+	bs(&b, "\nrestore_retries=");
+	bu(&b, st.restore_fail);
+	bs(&b, "\nchildren_sharing=");
+	bu(&b, (unsigned long)st.nkids);
+	bs(&b, "\nrestore_max_ms=");
+	bu(&b, st.restore_max_ms);
 	bs(&b, "\nheap_shared=");
-	bs(&b, st.privat ? "0 (private copy-on-write since fork: pages written since are on DRAM)" : "1");
+	if (!st.privat)
+		bs(&b, "1");
+	else if (st.norestore) {
+		bs(&b, "0 (private copy-on-write for good: ");
+		bs(&b, st.why);
+		bs(&b, "; pages written since the fork are on DRAM)");
+	} else
+		bs(&b, "0 (private copy-on-write while a child may read the heap file)");
 	bs(&b, "\n");
 	// Pad with spaces over a longer earlier text (no ftruncate: cheap, bounded).
 	while (b.n < 640 && b.n < sizeof b.b - 1)
@@ -375,6 +398,16 @@ static void maybe_status(void)
 // ---- bitmap ----------------------------------------------------------------------
 
 static int bit(size_t i) { return (st.bits[i / 64] >> (i % 64)) & 1; }
+static int mbit(const uint64_t *m, size_t i) { return (m[i / 64] >> (i % 64)) & 1; }
+static void msetbits(uint64_t *m, size_t i, size_t n, int v)
+{
+	for (; n; i++, n--) {
+		if (v)
+			m[i / 64] |= 1UL << (i % 64);
+		else
+			m[i / 64] &= ~(1UL << (i % 64));
+	}
+}
 static void setbits(size_t i, size_t n, int v)
 {
 	for (; n; i++, n--) {
@@ -443,6 +476,8 @@ static void release(char *a, size_t len, int keep_bits)
 	sys_mmap(a, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
 	if (!keep_bits)
 		setbits((size_t)(a - st.base) / PAGE, len / PAGE, 0);
+	else
+		msetbits(st.dbits, (size_t)(a - st.base) / PAGE, len / PAGE, 1);
 }
 
 // ---- the interposed calls ---------------------------------------------------------
@@ -490,8 +525,12 @@ static int use_dram_tier(size_t len)
 	       st.dram_bytes * st.pmem_ratio < st.mapped * st.dram_ratio;
 }
 
+static void maybe_restore(void);
+
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	if (st.privat && !st.child)
+		maybe_restore();
 	if (st.mode == FSDAX && len && want(prot, flags) && !st.child &&
 	    (!(flags & MAP_FIXED) || ours(addr, len))) {
 		void *r = 0;
@@ -512,6 +551,15 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 				}
 			} else {
 				r = sys_mmap(addr, len, prot, flags, fd, off); // anon private: correct after fork
+				if (!is_err(r)) {
+					size_t i = (size_t)((char *)addr - st.base) / PAGE;
+					msetbits(st.zbits, i, n, 1);
+					for (size_t j = 0; j < n; j++)
+						if (!bit(i + j)) {
+							setbits(i + j, 1, 1);
+							st.mapped += PAGE;
+						}
+				}
 			}
 			unlock();
 			return (void *)set_errno((long)r);
@@ -561,6 +609,8 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 static int do_munmap(void *addr, size_t len)
 {
+	if (st.privat && !st.child)
+		maybe_restore();
 	if (overlaps(addr, len) && ((uintptr_t)addr % PAGE) == 0 && len) {
 		if (!ours(addr, len))
 			return (int)set_errno(-EINVAL); // straddles our range: never in practice
@@ -588,12 +638,18 @@ EXPORT int munmap(void *addr, size_t len) { return do_munmap(addr, len); }
 
 static int do_madvise(void *addr, size_t len, int advice)
 {
+	if (st.privat && !st.child)
+		maybe_restore();
 	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
 		if (advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE) {
 			len = (len + PAGE - 1) / PAGE * PAGE;
 			if (st.privat || st.child) {
 				// Zero pages without touching the file.
+				lock();
 				sys_mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+				if (!st.child)
+					msetbits(st.zbits, (size_t)((char *)addr - st.base) / PAGE, len / PAGE, 1);
+				unlock();
 			} else {
 				sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				    (char *)addr - st.base, (long)len, 0, 0);
@@ -663,6 +719,10 @@ static void remap_private(void)
 {
 	size_t i = 0;
 	while (i < st.npages) {
+		if ((i % 64) == 0 && st.bits[i / 64] == 0) {
+			i += 64;
+			continue;
+		}
 		if (!bit(i)) {
 			i++;
 			continue;
@@ -678,26 +738,357 @@ static void remap_private(void)
 	}
 }
 
+// ---- back to shared PMEM after the last child ---------------------------------------
+//
+// A child may read any heap page through the file until it exits or execs:
+// each fork gets an O_CLOEXEC pipe whose write end only the child keeps, so
+// EOF on the read end means "no longer sharing" without touching wait().
+// Then the parent's other threads are paused (a real-time signal whose
+// handler spins; bounded wait, retried later on timeout), pages copied since
+// the fork (present and not file-backed in /proc/self/pagemap) are written
+// to the file, pages zeroed or freed meanwhile are punched, and the extents
+// are remapped MAP_SHARED. Nothing here allocates.
+
+static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
+static int read_file(const char *path, char *out, size_t cap);
+
+static void setwhy(const char *w)
+{
+	size_t n = slen(w);
+	if (n >= sizeof st.why)
+		n = sizeof st.why - 1;
+	memcpy(st.why, w, n);
+	st.why[n] = 0;
+}
+
+#define PAUSE_SIG 62
+static int paused, hold;
+static int blocker; // a thread that blocks PAUSE_SIG: it must run the write-back
+static int handler_ok; // 0 unknown, 1 installed, -1 unavailable
+
+#ifdef __x86_64__
+void pmem_restorer(void) __attribute__((visibility("hidden")));
+__asm__(".pushsection .text\n"
+	".hidden pmem_restorer\n"
+	".globl pmem_restorer\n"
+	".type pmem_restorer,@function\n"
+	"pmem_restorer:\n"
+	"	mov $15, %eax\n" // rt_sigreturn
+	"	syscall\n"
+	".popsection\n");
+
+static void on_pause(int sig)
+{
+	(void)sig;
+	__atomic_add_fetch(&paused, 1, __ATOMIC_SEQ_CST);
+	for (unsigned long k = 0; __atomic_load_n(&hold, __ATOMIC_ACQUIRE) && k < (1UL << 34); k++)
+		cpu_relax();
+	__atomic_sub_fetch(&paused, 1, __ATOMIC_SEQ_CST);
+}
+
+static int install_handler(void)
+{
+	struct {
+		void (*h)(int);
+		unsigned long flags;
+		void (*restorer)(void);
+		unsigned long mask;
+	} act = {on_pause, 0x04000000UL | 0x10000000UL /* SA_RESTORER|SA_RESTART */, pmem_restorer, ~0UL}, old;
+	// Only if the application does not use the signal itself.
+	if (sc6(SYS_rt_sigaction, PAUSE_SIG, 0, (long)&old, 8, 0, 0) < 0 || old.h != 0)
+		return -1;
+	return sc6(SYS_rt_sigaction, PAUSE_SIG, (long)&act, 0, 8, 0, 0) < 0 ? -1 : 1;
+}
+#else
+static int install_handler(void) { return -1; }
+#endif
+
+static long now_ms(void)
+{
+	long ts[2] = {0, 0};
+	sc(SYS_clock_gettime, 1 /* CLOCK_MONOTONIC */, ts, 0);
+	return ts[0] * 1000 + ts[1] / 1000000;
+}
+
+// blocks_pause reports whether thread tid blocks PAUSE_SIG (SigBlk in its
+// status): such a thread (jemalloc's background thread blocks every signal)
+// cannot be paused, so the write-back may only run on that thread itself.
+static int blocks_pause(unsigned long tid)
+{
+	static char b[4096];
+	char path[64];
+	join(path, sizeof path, "/proc/self/task/", "", tid);
+	struct buf x = {.n = 0};
+	bs(&x, path);
+	bs(&x, "/status");
+	x.b[x.n] = 0;
+	int n = read_file(x.b, b, sizeof b);
+	for (int i = 0; i + 8 < n; i++) {
+		if (prefix(b + i, (size_t)(n - i), "SigBlk:\t")) {
+			unsigned long m = 0;
+			for (int j = i + 8; j < n && b[j] != '\n'; j++)
+				m = m * 16 + (unsigned long)(b[j] <= '9' ? b[j] - '0' : b[j] - 'a' + 10);
+			return (m >> (PAUSE_SIG - 1)) & 1;
+		}
+	}
+	return 1; // unknown: assume it cannot be paused
+}
+
+// pause_others signals every other thread and waits (<= 200 ms) until all
+// spin in the handler. Returns the number paused, or -1 (resumed again, or
+// never signalled because some other thread blocks the signal).
+static int pause_others(void)
+{
+	static char dents[4096];
+	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0;
+	int fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	// First pass: every other thread must accept the signal.
+	for (int k = 0; k < 64; k++) {
+		long r = sc(SYS_getdents64, fd, dents, sizeof dents);
+		if (r <= 0)
+			break;
+		for (long o = 0; o < r;) {
+			unsigned short reclen = *(unsigned short *)(dents + o + 16);
+			const char *name = dents + o + 19;
+			unsigned long tid;
+			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self && blocks_pause(tid)) {
+				sc(SYS_close, fd, 0, 0);
+				blocker = (int)tid; // retry when that thread calls us
+				return -1;
+			}
+			o += reclen;
+		}
+	}
+	sc(SYS_close, fd, 0, 0);
+	fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	__atomic_store_n(&hold, 1, __ATOMIC_SEQ_CST);
+	for (int k = 0; k < 64; k++) {
+		long r = sc(SYS_getdents64, fd, dents, sizeof dents);
+		if (r <= 0)
+			break;
+		for (long o = 0; o < r;) {
+			unsigned short reclen = *(unsigned short *)(dents + o + 16);
+			const char *name = dents + o + 19;
+			unsigned long tid;
+			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
+			    sc(SYS_tgkill, st.pid, tid, PAUSE_SIG) == 0)
+				n++;
+			o += reclen;
+		}
+	}
+	sc(SYS_close, fd, 0, 0);
+	long t0 = now_ms();
+	while (__atomic_load_n(&paused, __ATOMIC_SEQ_CST) < n) {
+		if (now_ms() - t0 > 200) {
+			__atomic_store_n(&hold, 0, __ATOMIC_SEQ_CST);
+			return -1;
+		}
+		sc(SYS_sched_yield, 0, 0, 0);
+	}
+	return n;
+}
+
+static void resume_others(void) { __atomic_store_n(&hold, 0, __ATOMIC_SEQ_CST); }
+
+// write_back copies every page of [i, j) that is a private copy into the
+// file, and punches zeroed pages that were not written since.
+static int write_back(int pm, size_t i, size_t j)
+{
+	static uint64_t ent[512];
+	for (size_t p = i; p < j; p += 512) {
+		size_t n = j - p < 512 ? j - p : 512;
+		long r = sc6(SYS_pread64, pm, (long)ent, (long)(n * 8), (long)(((uintptr_t)st.base / PAGE + p) * 8), 0, 0);
+		if (r != (long)(n * 8))
+			return -1;
+		for (size_t k = 0; k < n; k++) {
+			uint64_t e = ent[k];
+			int present = (e >> 63) & 1, swapped = (e >> 62) & 1, filepage = (e >> 61) & 1;
+			char *a = st.base + (p + k) * PAGE;
+			if ((present || swapped) && !filepage) {
+				if (sc6(SYS_pwrite64, st.fd, (long)a, (long)PAGE, (long)((p + k) * PAGE), 0, 0) != (long)PAGE)
+					return -1;
+			} else if (mbit(st.zbits, p + k)) {
+				sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)((p + k) * PAGE), (long)PAGE, 0, 0);
+			}
+		}
+	}
+	return 0;
+}
+
+// try_restore runs with the lock held and no child left.
+static void try_restore(void)
+{
+	if (handler_ok == 0)
+		handler_ok = install_handler();
+	if (handler_ok < 0) {
+		st.norestore = 1;
+		setwhy("signal 62 in use by the application or unsupported arch");
+		write_status();
+		return;
+	}
+	int pm = sys_open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
+	if (pm < 0) {
+		st.norestore = 1;
+		setwhy("cannot open /proc/self/pagemap");
+		write_status();
+		return;
+	}
+	long t0 = now_ms();
+	if (pause_others() < 0) {
+		st.restore_fail++;
+		sc(SYS_close, pm, 0, 0);
+		return; // retried later; the heap stays private meanwhile
+	}
+	int ok = 1;
+	// Pass 1: write back, extent by extent (in-use, not freed meanwhile).
+	for (size_t i = 0; ok && i < st.npages;) {
+		if ((i % 64) == 0 && st.bits[i / 64] == 0) {
+			i += 64; // sparse bitmap: skip empty words
+			continue;
+		}
+		if (!bit(i) || mbit(st.dbits, i)) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		while (j < st.npages && bit(j) && !mbit(st.dbits, j))
+			j++;
+		if (write_back(pm, i, j))
+			ok = 0;
+		i = j;
+	}
+	// Pass 2: remap shared (only if every copy reached the file).
+	for (size_t i = 0; ok && i < st.npages;) {
+		if ((i % 64) == 0 && st.bits[i / 64] == 0) {
+			i += 64; // sparse bitmap: skip empty words
+			continue;
+		}
+		if (!bit(i) || mbit(st.dbits, i)) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		while (j < st.npages && bit(j) && !mbit(st.dbits, j))
+			j++;
+		void *r = sys_mmap(st.base + i * PAGE, (j - i) * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+				   st.fd, (off_t)(i * PAGE));
+		if (is_err(r))
+			ok = 0; // cannot happen for a file we mapped before; stays private below
+		i = j;
+	}
+	resume_others();
+	sc(SYS_close, pm, 0, 0);
+	if (!ok) {
+		// A failed pwrite leaves the private pages authoritative: stay private.
+		st.norestore = 1;
+		setwhy("write-back to the heap file failed");
+		write_status();
+		return;
+	}
+	// Pass 3: punch what was freed meanwhile and give the offsets back.
+	for (size_t i = 0; i < st.npages; i++) {
+		if ((i % 64) == 0 && st.dbits[i / 64] == 0) {
+			i += 63;
+			continue;
+		}
+		if (mbit(st.dbits, i)) {
+			size_t j = i;
+			while (j < st.npages && mbit(st.dbits, j))
+				j++;
+			sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(i * PAGE), (long)((j - i) * PAGE), 0, 0);
+			setbits(i, j - i, 0);
+			msetbits(st.dbits, i, j - i, 0);
+			st.mapped -= (j - i) * PAGE;
+			i = j;
+		}
+	}
+	for (size_t w = 0; w < st.npages / 64 + 1; w++)
+		if (st.zbits[w])
+			st.zbits[w] = 0; // do not touch (fault in) untouched bitmap pages
+	st.privat = 0;
+	st.restores++;
+	long ms = now_ms() - t0;
+	if (ms > 0 && (unsigned long)ms > st.restore_max_ms)
+		st.restore_max_ms = (unsigned long)ms;
+	write_status();
+}
+
+// reap closes the pipes of children that are gone. Lock held.
+static void reap(void)
+{
+	for (int k = 0; k < st.nkids;) {
+		char b[16];
+		long r = sc(SYS_read, st.kids[k], b, sizeof b);
+		if (r == 0) { // EOF: the child exited or exec'd
+			sc(SYS_close, st.kids[k], 0, 0);
+			st.kids[k] = st.kids[--st.nkids];
+			continue;
+		}
+		k++;
+	}
+}
+
+static void maybe_restore(void)
+{
+	if (st.norestore || !st.privat)
+		return;
+	lock();
+	reap();
+	if (st.privat && st.nkids == 0 && !st.norestore) {
+		// After a failed attempt (a thread did not pause in time) retry
+		// only every 256 calls: bounded cost.
+		if (st.restore_fail == 0 || ++st.calls_since_try >= 256 ||
+		    (blocker && (int)sc(SYS_gettid, 0, 0, 0) == blocker)) {
+			st.calls_since_try = 0;
+			try_restore();
+		}
+	}
+	unlock();
+}
+
+// ---- fork (FS_DAX) -----------------------------------------------------------------
+
+static int pipe_w = -1;
+
 static void fork_prepare(void)
 {
 	lock();
-	if (st.mode == FSDAX && !st.privat && !st.child) {
+	if (st.mode != FSDAX || st.child)
+		return;
+	if (!st.privat) {
 		// msync is not needed: a MAP_SHARED store is in the page cache
 		// (or on the DAX media) already.
 		remap_private();
 		st.privat = 1;
 	}
+	reap();
+	int fds[2];
+	pipe_w = -1;
+	if (st.nkids < 8 && sc(SYS_pipe2, fds, O_CLOEXEC | O_NONBLOCK, 0) == 0) {
+		st.kids[st.nkids++] = fds[0];
+		pipe_w = fds[1];
+	} else if (!st.norestore) {
+		st.norestore = 1; // cannot tell when this child is gone
+		setwhy("more than 8 concurrent children");
+	}
 }
 static void fork_parent(void)
 {
 	st.forks++;
-	if (st.mode == FSDAX) {
+	if (st.mode == FSDAX && !st.child) {
+		if (pipe_w >= 0)
+			sc(SYS_close, pipe_w, 0, 0);
+		pipe_w = -1;
 		write_status();
 		if (st.forks == 1) {
 			struct buf b = {.n = 0};
 			logp(&b);
-			bs(&b, "fork: FS_DAX heap remapped private copy-on-write; pages written from now on are on DRAM "
-			       "(status file heap_shared=0)");
+			bs(&b, "fork: FS_DAX heap remapped private copy-on-write; back to shared PMEM after the child "
+			       "exits (status file heap_shared, restores)");
 			logline(&b);
 		}
 	}
@@ -708,6 +1099,11 @@ static void fork_child(void)
 	st.child = 1;
 	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
 	st.status_fd = -1; // the parent's record stays the parent's
+	// Keep pipe_w open (closed by exit or exec: that is the signal); the
+	// read ends are the parent's.
+	for (int k = 0; k < st.nkids; k++)
+		sc(SYS_close, st.kids[k], 0, 0);
+	st.nkids = 0;
 	__atomic_store_n(&st.lock, 0, __ATOMIC_RELEASE);
 }
 
@@ -892,7 +1288,7 @@ static int setup_fsdax(unsigned long limit)
 	sc(SYS_munmap, base + limit, (res + limit + (2UL << 20)) - (base + limit), 0);
 	st.npages = limit / PAGE;
 	size_t bl = (st.npages / 64 + 1) * 8;
-	uint64_t *bits = sys_mmap(0, bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t *bits = sys_mmap(0, 3 * bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (is_err(bits)) {
 		fail("FS_DAX tier: bitmap", 0, (long)bits);
 		sc(SYS_munmap, base, limit, 0);
@@ -900,6 +1296,8 @@ static int setup_fsdax(unsigned long limit)
 		return -1;
 	}
 	st.bits = bits;
+	st.zbits = bits + bl / 8;
+	st.dbits = bits + 2 * bl / 8;
 	st.fd = fd;
 	st.size = limit;
 	join(st.status, sizeof st.status, st.path, "/pmem-status.", (unsigned long)st.pid);

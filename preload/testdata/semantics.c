@@ -61,6 +61,24 @@ static int on_pmem(const void *p)
 	return pmem_dir && strncmp(mapping_of(p, buf, sizeof buf), pmem_dir, strlen(pmem_dir)) == 0;
 }
 
+// shared reports whether p is in a MAP_SHARED mapping ("rw-s").
+static int shared(const void *p)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[4096], perms[8];
+	int res = 0;
+	while (f && fgets(line, sizeof line, f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && (uintptr_t)p >= lo && (uintptr_t)p < hi) {
+			res = perms[3] == 's';
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	return res;
+}
+
 static int all(const unsigned char *p, size_t n, unsigned char v)
 {
 	for (size_t i = 0; i < n; i++)
@@ -151,6 +169,14 @@ int main(int argc, char **argv)
 	CHECK(s[0] == 1, "the child saw a changed heap (%d)", s[0]);
 	CHECK(all(b, 2 * M, 0x11), "the child's writes reached the parent");
 	CHECK(all(a + 3 * M, M, 0xcd) && all(a + 5 * M, 2 * M, 0xab), "the parent's heap changed across fork");
+	// The child is gone: the next interposed call writes the parent's
+	// private copies back and remaps the heap shared. Contents must not
+	// change, and the heap is a shared file mapping again.
+	munmap(mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), P);
+	CHECK(all(a + 3 * M, M, 0xcd) && all(a + 5 * M, 2 * M, 0xab) && all(b, 2 * M, 0x11),
+	      "the heap changed across the write-back");
+	if (fsdax)
+		CHECK(shared(a + 3 * M), "heap not shared again after the child exited: %s", mapping_of(a + 3 * M, buf, sizeof buf));
 	CHECK(madvise(a + 5 * M, M, MADV_DONTNEED) == 0 && all(a + 5 * M, M, 0), "MADV_DONTNEED after fork");
 	unsigned char *d = anon(M);
 	CHECK(d != MAP_FAILED && all(d, M, 0), "mapping after fork");

@@ -352,20 +352,47 @@ const (
 // 3. fsdax: fork works and is safe. 50 BGSAVEs during a write load with the
 // container's default save points; every dump loads in a plain DRAM
 // redis-server with every value well-formed, no version goes back from one
-// dump to the next, none is newer than what was sent before the dump.
+// dump to the next, none is newer than what was sent before the dump. After
+// the last child, the heap goes back to shared PMEM with the parent's data.
 func TestForkSafetyFSDAX(t *testing.T) {
 	p := admit(t, patch.ModeFSDAX, "")
 	s, dumps := forkSnapshots(t, p, "heap on FS_DAX PMEM")
 	pid := s.Cmd.Process.Pid
-	st := statusFile(t, p.PMEMDir, pid)
+	c, err := dial(s.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The write-back runs in an interposed mmap/munmap/madvise after the
+	// child is gone, on a thread that can pause the others: with Debian's
+	// Redis that is jemalloc's background thread (it blocks every signal)
+	// when it purges freed pages (decay: seconds). Rewriting every value
+	// frees pages. Bounded: 40 rounds.
+	var st map[string]string
+	for i := 0; i < 40; i++ {
+		load(t, c, forkKeys, forkSize)
+		if st = statusFile(t, p.PMEMDir, pid); st["heap_shared"] == "1" {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	onPMEM, anon, _ := heapSplit(t, pid, p.PMEMDir)
-	t.Logf("fsdax after %d BGSAVEs: status forks=%s heap_shared=%q; resident from the PMEM file %d kB, anonymous %d kB",
-		dumps, st["forks"], st["heap_shared"], onPMEM, anon)
+	t.Logf("fsdax after %d BGSAVEs: status forks=%s restores=%s restore_max_ms=%s heap_shared=%q; resident from the PMEM file %d kB, anonymous %d kB (%.1f%%)",
+		dumps, st["forks"], st["restores"], st["restore_max_ms"], st["heap_shared"], onPMEM, anon, 100*float64(onPMEM)/float64(onPMEM+anon))
 	if n, _ := strconv.Atoi(st["forks"]); n < dumps {
 		t.Errorf("status forks=%s, want >= %d", st["forks"], dumps)
 	}
-	if !strings.HasPrefix(st["heap_shared"], "0") {
-		t.Errorf("status heap_shared=%q after forks, want 0 (private): the record must say the heap is no longer shared", st["heap_shared"])
+	if st["heap_shared"] != "1" {
+		t.Errorf("status heap_shared=%q after the children exited, want 1", st["heap_shared"])
+	}
+	if vers, err := readAll(c, forkKeys); err != nil {
+		t.Fatalf("reads after the write-back: %v", err)
+	} else {
+		for k, v := range vers {
+			if v != 0 {
+				t.Fatalf("key %d: version %d after the reload with version 0", k, v)
+			}
+		}
 	}
 }
 
