@@ -396,10 +396,33 @@ func TestForkSafetyFSDAX(t *testing.T) {
 	}
 }
 
-// 4. kmem: fork works; the same 50 BGSAVEs.
+// 4. kmem: the heap's pages are bound to the PMEM node (numa_maps: policy
+// bind:0, with MEMKIND_DAX_KMEM_NODES=0 standing in for the PMEM node on
+// this single-node machine), and fork works: the same 50 BGSAVEs.
 func TestForkSafetyKMEM(t *testing.T) {
 	p := admit(t, patch.ModeKMEM, "")
-	forkSnapshots(t, p, "heap on KMEM_DAX")
+	s, _ := forkSnapshots(t, p, "heap on KMEM_DAX")
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/numa_maps", s.Cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bound, all int64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		for _, kv := range f {
+			if n, ok := strings.CutPrefix(kv, "anon="); ok {
+				v, _ := strconv.ParseInt(n, 10, 64)
+				all += v
+				if len(f) > 1 && f[1] == "bind:0" {
+					bound += v
+				}
+			}
+		}
+	}
+	t.Logf("kmem: %d of %d anonymous pages in mappings with policy bind:0 (%.1f%%)", bound, all, 100*float64(bound)/float64(all))
+	if all == 0 || float64(bound) < 0.9*float64(all) {
+		t.Errorf("%d of %d anonymous pages bound to the PMEM node, want >= 90%%", bound, all)
+	}
 }
 
 // forkSnapshots runs redis-server with the container's args (default save
