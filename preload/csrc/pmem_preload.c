@@ -36,12 +36,12 @@
 // Fork (FS_DAX). A MAP_SHARED heap must never be shared with a child. The
 // atfork prepare handler remaps every heap extent MAP_PRIVATE|MAP_FIXED over
 // the same file offsets: earlier stores are in the file, later ones on either
-// side copy into private DRAM pages. From then on the parent never writes the
-// file again (an untouched private page of the child reads through to the
-// file): new requests are served from anonymous DRAM and frees replace pages
-// with anonymous zero pages instead of punching. The heap stays private (on
-// DRAM for pages written after the fork) for the rest of the process: the
-// status file says so (heap_shared=0). The child never touches the file.
+// side copy into private DRAM pages. While a child may still read the file
+// the parent never writes it (an untouched private page of the child reads
+// through to the file): new requests are served from anonymous DRAM and frees
+// replace pages with anonymous zero pages instead of punching. The child never
+// touches the file. After the last child exits (pipe EOF), the parent writes
+// its copied pages back and remaps the heap shared (see "back to shared").
 //
 // Observability: one stderr line at activation and a status file
 // PATH/pmem-status.<pid> (key=value lines), rewritten with pwrite when the
