@@ -581,3 +581,149 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// 5. fsdax, the other forks Redis makes: BGREWRITEAOF under a write load
+// (the rewritten AOF replays in a plain DRAM redis-server to the master's
+// data), and replica full sync, disk-based then diskless, two plain DRAM
+// replicas attaching at the same time, ending with the master's values.
+func TestForkAOFAndReplicasFSDAX(t *testing.T) {
+	p := admit(t, patch.ModeFSDAX, "")
+	port, dir, args := redisArgs(t, append(append([]string{}, p.Args...), "--appendonly", "yes")...)
+	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	defer c.Close()
+	load(t, c, forkKeys, forkSize)
+	deadline := time.Now().Add(3 * time.Minute)
+
+	// AOF rewrite during writes.
+	w := startWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
+	time.Sleep(200 * time.Millisecond)
+	// The AOF's first rewrite (at start) may still run: wait for it, then
+	// rewrite during the writes.
+	for {
+		r, err := c.Do("BGREWRITEAOF")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, ok := r.(redisError)
+		if !ok || strings.Contains(string(e), "scheduled") {
+			break
+		}
+		if !strings.Contains(string(e), "in progress") || time.Now().After(deadline) {
+			t.Fatalf("BGREWRITEAOF: %v", e)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for {
+		info, err := c.info("persistence")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info["aof_rewrite_in_progress"] == "0" && info["aof_rewrite_scheduled"] == "0" && info["aof_rewrites"] != "0" {
+			if info["aof_last_bgrewrite_status"] != "ok" {
+				t.Fatalf("aof_last_bgrewrite_status %s", info["aof_last_bgrewrite_status"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("AOF rewrite did not finish in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // more writes after the rewrite, into the new incremental AOF
+	w.Stop(t)
+	time.Sleep(1500 * time.Millisecond) // appendfsync everysec
+	master, err := readAll(c, forkKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rport, rdir, rargs := redisArgs(t, "--appendonly", "yes", "--save", "")
+	if out, err := exec.Command("cp", "-a", filepath.Join(dir, "appendonlydir"), rdir).CombinedOutput(); err != nil {
+		t.Fatalf("copy AOF: %v %s", err, out)
+	}
+	rs := startRedis(t, nil, append([]string{"redis-server"}, rargs...)...)
+	rc := rs.waitReady(t, rport)
+	replay, err := readAll(rc, forkKeys)
+	rc.Close()
+	rs.Stop()
+	if err != nil {
+		t.Fatalf("replayed AOF: %v", err)
+	}
+	for k := range master {
+		if replay[k] != master[k] {
+			t.Fatalf("replayed AOF: key %d version %d, master %d", k, replay[k], master[k])
+		}
+	}
+	t.Logf("BGREWRITEAOF during %d writes: the AOF replays to the master's %d values", w.ok, forkKeys)
+
+	// Replicas: disk-based, then diskless; two attach at once each time.
+	for _, diskless := range []string{"no", "yes"} {
+		if _, err := c.Do("CONFIG", "SET", "repl-diskless-sync", diskless); err != nil {
+			t.Fatal(err)
+		}
+		w := startWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
+		var reps []*client
+		for i := 0; i < 2; i++ {
+			rport, _, rargs := redisArgs(t, "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", strconv.Itoa(port))
+			rs := startRedis(t, nil, append([]string{"redis-server"}, rargs...)...)
+			rc := rs.waitReady(t, rport)
+			defer func() { rc.Close(); rs.Stop() }()
+			reps = append(reps, rc)
+		}
+		for _, rc := range reps {
+			for {
+				info, err := rc.info("replication")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("diskless=%s: replica not in sync in time: %v", diskless, info)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		w.Stop(t)
+		info, err := c.info("replication")
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := info["master_repl_offset"]
+		master, err := readAll(c, forkKeys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, rc := range reps {
+			for {
+				ri, err := rc.info("replication")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ri["slave_repl_offset"] == off {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("diskless=%s replica %d: offset %s, master %s", diskless, i, ri["slave_repl_offset"], off)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			got, err := readAll(rc, forkKeys)
+			if err != nil {
+				t.Fatalf("diskless=%s replica %d: %v", diskless, i, err)
+			}
+			for k := range master {
+				if got[k] != master[k] {
+					t.Fatalf("diskless=%s replica %d: key %d version %d, master %d", diskless, i, k, got[k], master[k])
+				}
+			}
+		}
+		t.Logf("repl-diskless-sync %s: 2 replicas attached together during %d writes, both hold the master's %d values", diskless, w.ok, forkKeys)
+	}
+	if !s.Alive() {
+		t.Fatalf("master died: %v\n%s", s.err, tail(s.Log.String()))
+	}
+	st := statusFile(t, p.PMEMDir, s.Cmd.Process.Pid)
+	t.Logf("status: forks=%s restores=%s heap_shared=%q", st["forks"], st["restores"], st["heap_shared"])
+}
