@@ -378,7 +378,8 @@ static void write_status(void)
 		bs(&b, st.why);
 		bs(&b, "; pages written since the fork are on DRAM)");
 	} else
-		bs(&b, "0 (private copy-on-write while a child may read the heap file)");
+		bs(&b, "0 (private copy-on-write since a fork: pages written since are on DRAM until the write-back "
+		       "after the children exit)");
 	bs(&b, "\n");
 	// Pad with spaces over a longer earlier text (no ftruncate: cheap, bounded).
 	while (b.n < 640 && b.n < sizeof b.b - 1)
