@@ -104,6 +104,20 @@ func TestSemantics(t *testing.T) {
 			wantLog: "heap on KMEM_DAX: set_mempolicy MPOL_BIND to PMEM nodes mask 1",
 		},
 		{
+			name: "kmem with a DRAM tier",
+			env: []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_DAX_KMEM_NODES=0",
+				"MEMKIND_MEM_TIERS=KIND:DRAM,RATIO:1;KIND:KMEM_DAX,RATIO:4;POLICY:STATIC_RATIO"},
+			args:    []string{"kmem"},
+			wantLog: "heap on KMEM_DAX: set_mempolicy interleave DRAM+PMEM nodes",
+		},
+		{
+			name: "fsdax with a DRAM tier",
+			env: []string{"PMEM_TARGET_PROCESSES=semantics",
+				"MEMKIND_MEM_TIERS=KIND:DRAM,RATIO:1;KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:1073741824,RATIO:4;POLICY:STATIC_RATIO"},
+			args:    []string{"plain"},
+			wantLog: "DRAM:PMEM ratio 1:4",
+		},
+		{
 			name:    "bad tiers: a clear line, DRAM",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:OPTANE,RATIO:1"},
 			args:    []string{"plain"},

@@ -501,9 +501,10 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string) (*server, int) {
 		}
 		prev = vers
 	}
+	stats, _ := c.info("stats")
 	t.Logf("%d BGSAVEs, %d dumps written and loaded into a plain DRAM redis-server, %d keys each well-formed; "+
-		"%d key versions advanced between dumps; writes during the saves: %d ok, %d errors %v; parent holds every last version",
-		len(dumps), len(dumps), forkKeys, changed, w.ok, w.errs, w.errKinds)
+		"%d key versions advanced between dumps; writes during the saves: %d ok, %d errors %v; parent holds every last version; latest_fork_usec %s",
+		len(dumps), len(dumps), forkKeys, changed, w.ok, w.errs, w.errKinds, stats["latest_fork_usec"])
 	if changed == 0 {
 		t.Error("no value changed between dumps: the write load did not overlap the saves")
 	}
