@@ -44,9 +44,9 @@ type SetOptions struct {
 }
 
 // BuildSet builds the webhook, memkind init, Debian Redis and pause images and returns their
-// archives. Needs root (chroot, chown), debootstrap, gcc (static glibc), patchelf and
-// libmemkind0 (the memkind closure is staged from the host's Debian packages, which are the
-// ones the Dockerfile's stage installs).
+// archives. Needs root (chroot, chown), debootstrap and gcc (static glibc; the memkind
+// closure, the freestanding preload, is built with the host's gcc as the Dockerfile's stage
+// builds it).
 func BuildSet(ctx context.Context, o SetOptions) ([]Built, error) {
 	logf := o.Logf
 	if logf == nil {
@@ -144,7 +144,7 @@ func goContext(ctx context.Context, o SetOptions, dockerfile, dir string) (map[s
 }
 
 // memkindStage produces what the memkind Dockerfile's "stage" stage produces, on this host
-// (Debian bookworm with the stage's packages: gcc, libc6-dev, libmemkind0, patchelf): the
+// (Debian bookworm with the stage's packages: gcc, libc6-dev): the
 // closure from the same pmem-stage program and command line, and the copyright files of the
 // packages the closure's libraries come from, found the way the stage's RUN finds them.
 func memkindStage(ctx context.Context, repoRoot string, context map[string]string, dir string) (map[string]string, error) {
@@ -167,7 +167,7 @@ func memkindStage(ctx context.Context, repoRoot string, context map[string]strin
 	_ = os.RemoveAll(dir)
 	out := filepath.Join(dir, "closure")
 	if b, err := exec.CommandContext(ctx, stageBin, "--out", out).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("pmem-stage --out %s (needs gcc, libc6-dev, libmemkind0, patchelf): %w\n%s", out, err, b)
+		return nil, fmt.Errorf("pmem-stage --out %s (needs gcc, libc6-dev): %w\n%s", out, err, b)
 	}
 	licenses := filepath.Join(dir, "licenses")
 	if err := os.MkdirAll(licenses, 0o755); err != nil {
