@@ -347,6 +347,22 @@ func runRow(t *testing.T, bin, closure string, r row) {
 		}
 	})
 
+	// Baseline: the same entrypoint without the webhook's env must serve
+	// and shut down cleanly, so a failure below is the injection's, not
+	// the variant's or this harness's.
+	plain := *s
+	plain.env = nil
+	if !t.Run("baseline", func(t *testing.T) { serve(t, r, &plain, server, cli, false) }) {
+		t.Fatalf("%s does not work without the injected env either: the variant or the harness is broken", r.name)
+	}
+	record(serve(t, r, s, server, cli, true))
+}
+
+// serve starts the row's server through its entrypoint under s's env,
+// checks PING with the row's own cli, optionally drives the SET load and
+// measures placement, then SHUTDOWN NOSAVE must make it exit 0.
+func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res result) {
+	res.row = r.name
 	port := freePort(t)
 	args := []string{server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.workIn,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
@@ -376,14 +392,12 @@ func runRow(t *testing.T, bin, closure string, r row) {
 			<-exited
 		}
 	}()
-	res := result{row: r.name}
-	defer func() { record(res) }()
-
 	if err := waitReady(port, exited, 30*time.Second); err != nil {
 		res.shutdownNote = "did not start"
 		_ = cmd.Process.Kill()
 		<-exited
-		t.Fatalf("%s: %v (exit: %v); output:\n%s", r.name, err, waitErr, log.String())
+		t.Errorf("%s: %v (exit: %v); output:\n%s", r.name, err, waitErr, log.String())
+		return res
 	}
 	cliCmd := func(args ...string) (string, error) {
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -394,6 +408,10 @@ func runRow(t *testing.T, bin, closure string, r row) {
 	}
 	if out, err := cliCmd("PING"); err != nil || strings.TrimSpace(out) != "PONG" {
 		t.Errorf("%s PING under the injected env: %v, output %q", r.cli, err, out)
+	}
+
+	if !load {
+		return res.shutdown(t, r, cliCmd, exited, &waitErr, &log)
 	}
 
 	// The load: from this machine's redis-benchmark, a client outside the
@@ -409,7 +427,7 @@ func runRow(t *testing.T, bin, closure string, r row) {
 
 	pmemKB, anonKB, err := smapsRSS(cmd.Process.Pid, []string{s.pmemDir, s.pmemIn})
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
 	}
 	res.pmemKB, res.anonKB, res.measured = pmemKB, anonKB, pmemKB+anonKB > 0
 	if res.measured {
@@ -421,16 +439,21 @@ func runRow(t *testing.T, bin, closure string, r row) {
 			r.name, 100*res.share, pmemKB, s.pmemIn, anonKB, log.String())
 	}
 
-	// SHUTDOWN NOSAVE: the server must exit 0.
+	return res.shutdown(t, r, cliCmd, exited, &waitErr, &log)
+}
+
+// shutdown sends SHUTDOWN NOSAVE with the row's cli: the server must exit 0.
+func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *lockedBuffer) result {
+	t.Helper()
 	out, err := cliCmd("SHUTDOWN", "NOSAVE")
 	if err != nil {
 		t.Errorf("%s SHUTDOWN NOSAVE: %v, output %q", r.cli, err, out)
 	}
 	select {
 	case <-exited:
-		if waitErr != nil {
-			res.shutdownNote = "exit: " + waitErr.Error()
-			t.Errorf("%s after SHUTDOWN NOSAVE: %v; output:\n%s", r.server, waitErr, log.String())
+		if *waitErr != nil {
+			res.shutdownNote = "exit: " + (*waitErr).Error()
+			t.Errorf("%s after SHUTDOWN NOSAVE: %v; output:\n%s", r.server, *waitErr, log.String())
 		} else {
 			res.shutdownNote = "exit 0"
 		}
@@ -438,6 +461,7 @@ func runRow(t *testing.T, bin, closure string, r row) {
 		res.shutdownNote = "still running"
 		t.Errorf("%s still running 15s after SHUTDOWN NOSAVE", r.server)
 	}
+	return res
 }
 
 // toolCase is one of the image's other programs run under the env.
