@@ -18,11 +18,13 @@
 # so an interrupted build is never mistaken for a finished one. Builds use -j2
 # at most: the machines this runs on have two cores.
 set -euo pipefail
+shopt -s inherit_errexit # a failing step inside $(...) stops the build too
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin="${1:-$root/bin}"
 shift || true
+bin="$(mkdir -p "$bin" && cd "$bin" && pwd)" # absolute: builds cd around
 out="$bin/variants"
 mkdir -p "$out"
 wanted=("$@")
@@ -103,6 +105,16 @@ fresh_tree() { # name srcdir
   rm -rf "$b"
   mkdir -p "$out/build"
   cp -a "$2" "$b"
+  # Debian's USE_SYSTEM_JEMALLOC patch guards its je_ -> unprefixed renames
+  # with `#if ... (USE_SYSTEM_JEMALLOC == yes)`, which the preprocessor reads
+  # as 0 == 0 when the flag is unset, so a bundled-jemalloc build fails to
+  # link (undefined mallctl, nallocx). The official image builds upstream's
+  # source: take Debian's patch back out in this copy.
+  local p
+  p="$(ls "$b"/debian/patches/*USE_SYSTEM_JEMALLOC*.patch 2>/dev/null | head -1)"
+  if [[ -n "$p" ]]; then
+    (cd "$b" && patch -R -p1 -s <"$p") >&2
+  fi
   echo "$b"
 }
 
