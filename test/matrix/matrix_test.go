@@ -495,50 +495,46 @@ func waitReady(port int, exited <-chan struct{}, limit time.Duration) error {
 	return fmt.Errorf("not answering PING on 127.0.0.1:%d in %v", port, limit)
 }
 
-// smapsRSS sums, from /proc/PID/smaps, the resident kB of mappings of files
-// under any of dirs (the pmem volume, as the host and as the process see
-// it: a chroot does not change the reader's view) and of anonymous mappings
-// (no path, [heap], [anon:...]; not the stack or the vdso).
+// smapsRSS returns, in kB from /proc/PID/smaps, the resident file pages of
+// mappings of files under any of dirs (the pmem volume, as the host and as
+// the process see it: a chroot does not change the reader's view) and the
+// process's anonymous resident memory. "Anonymous:" counts the
+// copy-on-write copies in private file mappings too: those are DRAM, so they
+// are taken off the PMEM side and counted on the anonymous one.
 func smapsRSS(pid int, dirs []string) (pmemKB, anonKB int64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
 	if err != nil {
 		return 0, 0, err
 	}
 	defer f.Close()
-	const (
-		other = iota
-		pmem
-		anon
-	)
-	kind := other
+	in := false
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			path := ""
+			in = false
 			if len(fields) >= 6 {
-				path = strings.Join(fields[5:], " ")
-			}
-			kind = other
-			switch {
-			case path == "" || path == "[heap]" || strings.HasPrefix(path, "[anon:"):
-				kind = anon
-			default:
+				path := strings.Join(fields[5:], " ")
 				for _, d := range dirs {
-					if strings.HasPrefix(path, d+"/") {
-						kind = pmem
-					}
+					in = in || strings.HasPrefix(path, d+"/")
 				}
 			}
 			continue
 		}
-		if kind != other && len(fields) >= 2 && fields[0] == "Rss:" {
-			n, _ := strconv.ParseInt(fields[1], 10, 64)
-			if kind == pmem {
+		if len(fields) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(fields[1], 10, 64)
+		switch fields[0] {
+		case "Rss:":
+			if in {
 				pmemKB += n
-			} else {
-				anonKB += n
+			}
+		case "Anonymous:":
+			anonKB += n
+			if in {
+				pmemKB -= n
 			}
 		}
 	}
