@@ -1,6 +1,6 @@
-// Package memkindinit stages the preload closure (libpmem-preload.so,
-// libmemkind.so.0 and the non-glibc libraries it needs, RUNPATH $ORIGIN,
-// plus a MANIFEST) and installs it into a pod's shared volume: the logic
+// Package memkindinit stages the preload closure (libpmem-preload.so, which
+// needs no other library, optionally further libraries with their non-glibc
+// closure, RUNPATH $ORIGIN, plus a MANIFEST) and installs it into a pod's shared volume: the logic
 // behind cmd/pmem-stage (image build time) and cmd/pmem-memkind-init (the
 // init container).
 package memkindinit
@@ -26,7 +26,9 @@ const ManifestName = "MANIFEST"
 // PreloadName is the library the webhook puts into LD_PRELOAD.
 const PreloadName = "libpmem-preload.so"
 
-// MemkindName is the library the preload dlopens from its own directory.
+// MemkindName is memkind's library, which closures staged for the old malloc
+// interposer carried. The page-level preload does not load it; it is kept as
+// the name of an optional extra library (pmem-stage --memkind).
 const MemkindName = "libmemkind.so.0"
 
 // Manifest maps a file name (no directories) to its lowercase hex sha256.

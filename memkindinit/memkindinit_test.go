@@ -305,8 +305,25 @@ func TestIsGlibc(t *testing.T) {
 	}
 }
 
-// TestStageRealMemkind stages the system's libmemkind: no glibc library is
-// copied, every library gets RUNPATH $ORIGIN, and the result verifies.
+// TestStagePreloadOnly: the default closure is the preload and its MANIFEST.
+func TestStagePreloadOnly(t *testing.T) {
+	pre := filepath.Join(fixture(t), PreloadName)
+	out := filepath.Join(t.TempDir(), "closure")
+	m, err := Stage(context.Background(), StageOptions{Preload: pre, Out: out})
+	if err != nil {
+		t.Fatalf("Stage: %v", err)
+	}
+	if got := strings.Join(m.Names(), " "); got != PreloadName {
+		t.Errorf("staged %s, want only %s", got, PreloadName)
+	}
+	if err := Verify(out, m); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestStageRealMemkind stages the system's libmemkind as an extra library:
+// no glibc library is copied, every library gets RUNPATH $ORIGIN, and the
+// result verifies.
 func TestStageRealMemkind(t *testing.T) {
 	ctx := context.Background()
 	for _, tool := range []string{"patchelf", "ldd", "ldconfig"} {
@@ -314,12 +331,13 @@ func TestStageRealMemkind(t *testing.T) {
 			t.Skipf("%s not installed", tool)
 		}
 	}
-	if _, err := FindSystemLibrary(ctx, MemkindName); err != nil {
+	mk, err := FindSystemLibrary(ctx, MemkindName)
+	if err != nil {
 		t.Skipf("libmemkind0 not installed: %v", err)
 	}
 	pre := filepath.Join(fixture(t), PreloadName)
 	out := filepath.Join(t.TempDir(), "closure")
-	m, err := Stage(ctx, StageOptions{Preload: pre, Out: out})
+	m, err := Stage(ctx, StageOptions{Preload: pre, Memkind: mk, Out: out})
 	if err != nil {
 		t.Fatalf("Stage: %v", err)
 	}

@@ -16,8 +16,10 @@ import (
 type StageOptions struct {
 	// Preload is the built libpmem-preload.so.
 	Preload string
-	// Memkind is libmemkind.so.0 (a path); empty means the system's, found
-	// with ldconfig -p.
+	// Memkind is an optional extra library (e.g. libmemkind.so.0) staged
+	// with its non-glibc closure beside the preload. Empty: none. The
+	// page-level preload needs no library at all, so the memkind image
+	// stages none.
 	Memkind string
 	// Out is the closure directory to create (e.g. /usr/lib/pmem-memkind in
 	// the memkind image). It must not exist or be empty.
@@ -26,22 +28,16 @@ type StageOptions struct {
 	Patchelf, LDD string
 }
 
-// Stage assembles the closure: the preload, libmemkind.so.0 and every
-// library ldd resolves for it except glibc's, each copied under its soname
-// with RUNPATH $ORIGIN, then a MANIFEST. The result passes Verify.
+// Stage assembles the closure: the preload, and, if o.Memkind is set, that
+// library and every library ldd resolves for it except glibc's, each copied
+// under its soname with RUNPATH $ORIGIN; then a MANIFEST. The result passes
+// Verify.
 func Stage(ctx context.Context, o StageOptions) (Manifest, error) {
 	if o.Patchelf == "" {
 		o.Patchelf = "patchelf"
 	}
 	if o.LDD == "" {
 		o.LDD = "ldd"
-	}
-	if o.Memkind == "" {
-		p, err := FindSystemLibrary(ctx, MemkindName)
-		if err != nil {
-			return nil, err
-		}
-		o.Memkind = p
 	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("stage: %w", err)
@@ -51,13 +47,16 @@ func Stage(ctx context.Context, o StageOptions) (Manifest, error) {
 	} else if len(entries) > 0 {
 		return nil, fmt.Errorf("stage: output directory %s is not empty", o.Out)
 	}
-	deps, err := closure(ctx, o.LDD, o.Memkind)
-	if err != nil {
-		return nil, err
-	}
-	libs := map[string]string{MemkindName: o.Memkind} // file name -> source path
-	for name, path := range deps {
-		libs[name] = path
+	libs := map[string]string{} // file name -> source path
+	if o.Memkind != "" {
+		deps, err := closure(ctx, o.LDD, o.Memkind)
+		if err != nil {
+			return nil, err
+		}
+		libs[filepath.Base(o.Memkind)] = o.Memkind
+		for name, path := range deps {
+			libs[name] = path
+		}
 	}
 	m := Manifest{}
 	for name, src := range libs {

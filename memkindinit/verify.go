@@ -93,7 +93,7 @@ func inspectELF(path string) (*libInfo, error) {
 // name, and every DT_NEEDED is either in the closure or part of glibc.
 func Verify(dir string, m Manifest) error {
 	var errs []error
-	for _, req := range []string{PreloadName, MemkindName} {
+	for _, req := range []string{PreloadName} {
 		if _, ok := m[req]; !ok {
 			errs = append(errs, fmt.Errorf("%s does not list %s", filepath.Join(dir, ManifestName), req))
 		}

@@ -1,12 +1,12 @@
-# Node tier: the PMEM preload, the memkind closure and Debian's real Redis.
+# Node tier: the PMEM preload (page-level placement), the init program and Debian's real Redis.
 # (issue 4; docs/node.md)
 
-NODE_APT_PACKAGES := redis-server redis-tools libmemkind0 libmemkind-dev patchelf gcc libc6-dev
+NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils
 NODE_PKGS := ./preload/... ./memkindinit/... ./cmd/pmem-memkind-init/... ./cmd/pmem-stage/... ./test/node/...
 
 .PHONY: node-deps preload stage-memkind test-node bench-redis
 
-## node-deps: apt-get install what the node tier needs (redis-server, libmemkind0, patchelf, gcc...) when missing
+## node-deps: apt-get install what the node tier needs (redis-server, redis-tools, gcc...) when missing
 node-deps:
 	@missing=""; for p in $(NODE_APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
@@ -20,7 +20,7 @@ node-deps:
 preload: $(BIN)/libpmem-preload.so
 $(BIN)/libpmem-preload.so: preload/csrc/pmem_preload.c
 	@mkdir -p $(BIN)
-	gcc -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror -DPMEM_CHECK_HEADERS -o $@ $< -ldl -lpthread
+	gcc -O2 -g -fPIC -shared -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fvisibility=hidden -Wl,-z,defs -Wall -Wextra -Werror -o $@ $<
 
 ## stage-memkind: stage the preload closure into bin/pmem-memkind (what the memkind image ships at /usr/lib/pmem-memkind)
 stage-memkind:

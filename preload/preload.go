@@ -1,6 +1,6 @@
-// Package preload holds the C source of libpmem-preload.so, the malloc
-// interposer the memkind init image ships, and builds it with the system C
-// compiler. The source is embedded so that the stage tool and the tests can
+// Package preload holds the C source of libpmem-preload.so, the page-level
+// placement layer the memkind init image ships (mmap/munmap/madvise/mremap
+// interposer, no libc dependency), and builds it with the system C compiler. The source is embedded so that the stage tool and the tests can
 // build it from anywhere.
 package preload
 
@@ -20,14 +20,15 @@ const FileName = "libpmem-preload.so"
 //go:embed csrc/pmem_preload.c
 var Source []byte
 
-// Flags are the compiler flags for the shared library. -fvisibility=hidden
-// keeps every symbol but the malloc family and fork private.
-var Flags = []string{"-O2", "-g", "-fPIC", "-shared", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror"}
+// Flags are the compiler flags for the shared library. Freestanding with no
+// libraries at all: the result has no DT_NEEDED and no versioned symbol, so it
+// loads under glibc of any version and under musl. -fvisibility=hidden keeps
+// every symbol but the interposed calls private.
+var Flags = []string{"-O2", "-g", "-fPIC", "-shared", "-nostdlib", "-ffreestanding", "-fno-builtin",
+	"-fno-stack-protector", "-fvisibility=hidden", "-Wl,-z,defs", "-Wall", "-Wextra", "-Werror"}
 
-// Build compiles the preload into out with cc (gcc when empty). With
-// checkHeaders the memkind prototypes are checked against memkind's own
-// headers (needs libmemkind-dev).
-func Build(ctx context.Context, cc, out string, checkHeaders bool) error {
+// Build compiles the preload into out with cc (gcc when empty).
+func Build(ctx context.Context, cc, out string) error {
 	if cc == "" {
 		cc = "gcc"
 	}
@@ -42,10 +43,7 @@ func Build(ctx context.Context, cc, out string, checkHeaders bool) error {
 	}
 	// The temp dir must not leak into the debug info: same source, same bytes.
 	args := append([]string{"-ffile-prefix-map=" + dir + "=preload/csrc"}, Flags...)
-	if checkHeaders {
-		args = append(args, "-DPMEM_CHECK_HEADERS")
-	}
-	args = append(args, "-o", out, src, "-ldl", "-lpthread")
+	args = append(args, "-o", out, src)
 	cmd := exec.CommandContext(ctx, cc, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build preload: %s %s: %w\n%s", cc, strings.Join(args, " "), err, b)

@@ -1,11 +1,13 @@
 // Command pmem-stage assembles the preload closure that the memkind init
 // image ships: it builds libpmem-preload.so with the C compiler (or takes a
-// built one), copies libmemkind.so.0 and every non-glibc library ldd finds
-// for it, sets their RUNPATH to $ORIGIN with patchelf and writes a MANIFEST.
+// built one) and writes a MANIFEST. The preload is freestanding (no library
+// at all), so that is the whole closure. --memkind LIB additionally copies
+// LIB and every non-glibc library ldd finds for it, with RUNPATH $ORIGIN
+// (patchelf).
 //
 //	go run ./cmd/pmem-stage --out /usr/lib/pmem-memkind
 //
-// Needs gcc (unless --preload), patchelf, ldd and libmemkind0 installed.
+// Needs gcc (unless --preload); patchelf and ldd only with --memkind.
 package main
 
 import (
@@ -24,7 +26,7 @@ func main() {
 	out := flag.String("out", "", "closure directory to create (must not exist or be empty)")
 	pre := flag.String("preload", "", "a built libpmem-preload.so; empty: build it with --cc")
 	cc := flag.String("cc", "gcc", "C compiler for the preload")
-	memkind := flag.String("memkind", "", "path of libmemkind.so.0; empty: the system's (ldconfig -p)")
+	memkind := flag.String("memkind", "", "optional extra library (e.g. libmemkind.so.0) to stage with its closure; empty: none")
 	flag.Parse()
 	if *out == "" || flag.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: pmem-stage --out DIR [--preload FILE | --cc gcc] [--memkind PATH]")
@@ -46,7 +48,7 @@ func run(ctx context.Context, out, pre, cc, memkind string) error {
 		}
 		defer os.RemoveAll(tmp)
 		pre = filepath.Join(tmp, preload.FileName)
-		if err := preload.Build(ctx, cc, pre, false); err != nil {
+		if err := preload.Build(ctx, cc, pre); err != nil {
 			return err
 		}
 	}

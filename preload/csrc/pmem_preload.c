@@ -1,931 +1,1061 @@
-// libpmem-preload.so: put the heap of selected processes on PMEM, safely.
+// libpmem-preload.so: page-level placement of a target process's heap on PMEM.
 //
-// Loaded with LD_PRELOAD into every process of a container (shells, grep,
-// gosu, exporters...), it activates memkind's memtier tiering only in the
-// processes named by PMEM_TARGET_PROCESSES (default "redis-server"), matched
-// against the name the kernel recorded at exec (/proc/self/comm). Every other
-// process keeps glibc malloc and never loads libmemkind: libmemkind is
-// dlopen()ed lazily, by absolute path, from the directory this library was
-// loaded from, and only in a target process.
+// Why page level. Allocators differ (Debian's redis links libjemalloc.so.2,
+// the official image bundles a static je_ jemalloc, Alpine builds use musl),
+// but all of them get their pages with mmap/munmap/madvise/mremap through the
+// PLT. Interposing those four reaches every dynamically linked allocator; a
+// malloc interposer reaches only the first kind.
 //
-// Ownership of pointers. A target process has glibc pointers too: everything
-// allocated before our constructor decided (ld.so, libc start-up), everything
-// allocated while libmemkind is being loaded and initialised, and whatever
-// memkind's own dependencies allocate from inside a memkind call. All of them
-// are recorded, at allocation, in a small open-addressing set ("foreign
-// set"); free/realloc/malloc_usable_size look a pointer up there (lock-free)
-// before handing it to memkind. memkind's own detect-kind is not used for
-// this: it walks jemalloc's radix tree and may fault on an address jemalloc
-// never saw.
+// Why freestanding. LD_PRELOAD is container-wide: this library loads into the
+// entrypoint shell, gosu, grep... of images built on any libc. It therefore
+// has no DT_NEEDED and no versioned symbol at all (built with -nostdlib
+// -ffreestanding): system calls are raw (inline asm), the only libc symbols
+// it touches are weak and unversioned (__errno_location, __register_atfork,
+// pthread_atfork), which glibc of any version and musl all resolve.
 //
-// Fork policy (FS_DAX). An FS_DAX heap is a MAP_SHARED file mapping: after
-// fork() parent and child share the very same pages and the same allocator
-// state, so the child's writes and allocations corrupt the parent (measured:
-// both die with SIGSEGV within a second of a Redis BGSAVE). Once an FS_DAX
-// tier is active, fork() and _Fork() fail with ENOMEM and log one line to
-// stderr naming the cause. posix_spawn/system/popen (CLONE_VM|CLONE_VFORK
-// followed by exec) and vfork are left alone: the child does not run the
-// app's code on the shared heap. KMEM_DAX and DRAM tiers are anonymous memory
-// with normal copy-on-write, so fork is untouched there.
+// Activation. Only in a process whose /proc/self/comm is listed in
+// PMEM_TARGET_PROCESSES (comma list, default "redis-server,valkey-server").
+// Elsewhere every interposed call is the bare system call.
 //
-// Exit. memkind's destructor would unmap the PMEM/KMEM heap while other
-// destructors and stdio's final flush still use it; see disarm_finalize.
+// Configuration: MEMKIND_MEM_TIERS as the webhook writes it (memkind syntax),
+// read from /proc/self/environ (no getenv: no libc).
+//   FS_DAX:   a VA range of PMEM_SIZE_LIMIT bytes (0: 64 GiB) is reserved
+//             PROT_NONE; one sparse file PATH/pmem-heap.<pid> backs it with
+//             file offset == address - base, so neighbouring extents merge
+//             into one VMA. The file is unlinked at once: a crashed or killed
+//             process never leaks PMEM capacity on the volume.
+//             Private anonymous RW mmaps are served MAP_SHARED|MAP_FIXED
+//             from the range; munmap/madvise(DONTNEED|FREE|REMOVE) punch a
+//             hole (allocators expect zeros) and re-reserve PROT_NONE.
+//   KMEM_DAX: set_mempolicy(MPOL_BIND) to the PMEM NUMA nodes (CPU-less
+//             nodes, or MEMKIND_DAX_KMEM_NODES); with a DRAM tier,
+//             MPOL_WEIGHTED_INTERLEAVE over DRAM and PMEM nodes in the ratio.
+//   DRAM tier beside FS_DAX: each request goes to DRAM or the file so that
+//             mapped bytes follow the ratio.
 //
-// Build: gcc -O2 -fPIC -shared -fvisibility=hidden -o libpmem-preload.so
-//            pmem_preload.c -ldl -lpthread
-// It needs only libc to build and to load (the memtier prototypes are
-// declared below; -DPMEM_CHECK_HEADERS checks them against memkind's headers).
+// Fork (FS_DAX). A MAP_SHARED heap must never be shared with a child. The
+// atfork prepare handler remaps every heap extent MAP_PRIVATE|MAP_FIXED over
+// the same file offsets: earlier stores are in the file, later ones on either
+// side copy into private DRAM pages. From then on the parent never writes the
+// file again (an untouched private page of the child reads through to the
+// file): new requests are served from anonymous DRAM and frees replace pages
+// with anonymous zero pages instead of punching. The heap stays private (on
+// DRAM for pages written after the fork) for the rest of the process: the
+// status file says so (heap_shared=0). The child never touches the file.
+//
+// Observability: one stderr line at activation and a status file
+// PATH/pmem-status.<pid> (key=value lines), rewritten with pwrite when the
+// mapped bytes moved by >= 4 MiB, on fallback and on fork: bounded cost.
 
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <pthread.h>
-#include <stdarg.h>
-#include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#ifdef PMEM_CHECK_HEADERS
-#include <memkind.h>
-#include <memkind_memtier.h>
-#else
-struct memkind;
-typedef struct memkind *memkind_t;
-struct memtier_builder;
-struct memtier_memory;
-typedef enum memtier_policy_t {
-	MEMTIER_POLICY_STATIC_RATIO = 0,
-	MEMTIER_POLICY_DYNAMIC_THRESHOLD = 1,
-} memtier_policy_t;
-#endif
+typedef unsigned long size_t;
+typedef long ssize_t;
+typedef unsigned long uintptr_t;
+typedef unsigned long uint64_t;
+typedef int pid_t;
+typedef long off_t;
 
 #define EXPORT __attribute__((visibility("default")))
+#define HIDDEN __attribute__((visibility("hidden")))
 
-// glibc's allocator under its own names: always libc's, whatever else the
-// process links (Debian's redis-server also loads libjemalloc.so.2, which
-// exports plain malloc/free; RTLD_NEXT would find that one).
-extern void *__libc_malloc(size_t);
-extern void __libc_free(void *);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern pid_t __fork(void);
+// ---- raw system calls ----------------------------------------------------------
 
-// ---- the memkind API we use, resolved with dlsym ----------------------------
-
-static struct {
-	struct memtier_builder *(*builder_new)(memtier_policy_t);
-	void (*builder_delete)(struct memtier_builder *);
-	int (*builder_add_tier)(struct memtier_builder *, memkind_t, unsigned);
-	struct memtier_memory *(*construct)(struct memtier_builder *);
-	void *(*malloc)(struct memtier_memory *, size_t);
-	void *(*calloc)(struct memtier_memory *, size_t, size_t);
-	void *(*realloc)(struct memtier_memory *, void *, size_t);
-	int (*posix_memalign)(struct memtier_memory *, void **, size_t, size_t);
-	void (*kind_free)(memkind_t, void *); // memtier_free is an inline over it
-	size_t (*usable_size)(void *);
-	int (*create_pmem)(const char *, size_t, memkind_t *);
-	void (*error_message)(int, char *, size_t);
-	memkind_t *kind_default;
-	memkind_t *kind_dax_kmem;
-} mk;
-
-#ifdef PMEM_CHECK_HEADERS
-// Fails to compile if our declarations drift from memkind's.
-static __attribute__((unused)) void check_prototypes(void)
+#if defined(__x86_64__)
+enum {
+	SYS_read = 0, SYS_write = 1, SYS_open = 2, SYS_close = 3, SYS_fstat = 5,
+	SYS_mmap = 9, SYS_munmap = 11, SYS_mremap = 25, SYS_madvise = 28,
+	SYS_getpid = 39, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
+	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
+};
+static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
-	mk.builder_new = memtier_builder_new;
-	mk.builder_delete = memtier_builder_delete;
-	mk.builder_add_tier = memtier_builder_add_tier;
-	mk.construct = memtier_builder_construct_memtier_memory;
-	mk.malloc = memtier_malloc;
-	mk.calloc = memtier_calloc;
-	mk.realloc = memtier_realloc;
-	mk.posix_memalign = memtier_posix_memalign;
-	mk.kind_free = memtier_kind_free;
-	mk.usable_size = memtier_usable_size;
-	mk.create_pmem = memkind_create_pmem;
-	mk.error_message = memkind_error_message;
-	mk.kind_default = &MEMKIND_DEFAULT;
-	mk.kind_dax_kmem = &MEMKIND_DAX_KMEM;
+	long ret;
+	register long r10 __asm__("r10") = d;
+	register long r8 __asm__("r8") = e;
+	register long r9 __asm__("r9") = f;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+			 : "rcx", "r11", "memory");
+	return ret;
 }
+#elif defined(__aarch64__)
+enum {
+	SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_fstat = 80,
+	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
+	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
+	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
+};
+static long sc6(long n, long a, long b, long c, long d, long e, long f)
+{
+	register long x8 __asm__("x8") = n;
+	register long x0 __asm__("x0") = a;
+	register long x1 __asm__("x1") = b;
+	register long x2 __asm__("x2") = c;
+	register long x3 __asm__("x3") = d;
+	register long x4 __asm__("x4") = e;
+	register long x5 __asm__("x5") = f;
+	__asm__ volatile("svc 0"
+			 : "+r"(x0)
+			 : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5)
+			 : "memory");
+	return x0;
+}
+#else
+#error "libpmem-preload: x86_64 or aarch64 only"
 #endif
 
-// ---- state -------------------------------------------------------------------
+#define sc(n, a, b, c) sc6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
 
-// ST_EXITING: memkind's destructor has run (process exit). Its heap stays
-// mapped (see disarm_finalize) but memkind must not be called any more.
-enum { ST_UNDECIDED = 0, ST_PLAIN = 1, ST_TIERED = 2, ST_EXITING = 3 };
+// Flags (identical on x86_64 and aarch64).
+#define PROT_NONE 0
+#define PROT_READ 1
+#define PROT_WRITE 2
+#define MAP_SHARED 0x01
+#define MAP_PRIVATE 0x02
+#define MAP_TYPE 0x0f
+#define MAP_FIXED 0x10
+#define MAP_ANONYMOUS 0x20
+#define MAP_GROWSDOWN 0x100
+#define MAP_NORESERVE 0x4000
+#define MAP_STACK 0x20000
+#define MAP_HUGETLB 0x40000
+#define MAP_FIXED_NOREPLACE 0x100000
+#define MAP_FAILED ((void *)-1)
+#define MREMAP_MAYMOVE 1
+#define MREMAP_FIXED 2
+#define MADV_FREE 8
+#define MADV_REMOVE 9
+#define MADV_DONTNEED 4
+#define O_RDONLY 0
+#define O_RDWR 2
+#define O_CREAT 0100
+#define O_EXCL 0200
+#define O_NONBLOCK 04000
+#define O_CLOEXEC 02000000
+#define O_DIRECTORY 0200000
+#define AT_FDCWD (-100)
+#define FALLOC_FL_KEEP_SIZE 1
+#define FALLOC_FL_PUNCH_HOLE 2
+#define EAGAIN 11
+#define ENOMEM 12
+#define EINVAL 22
+#define MPOL_PREFERRED 1
+#define MPOL_BIND 2
+#define MPOL_INTERLEAVE 3
+#define MPOL_PREFERRED_MANY 5
+#define MPOL_WEIGHTED_INTERLEAVE 6
 
-static _Atomic int state;
-static int fsdax_active;             // an FS_DAX tier is in use: refuse fork
-static char fsdax_path[PATH_MAX];    // for the fork refusal message
-static char comm[32];                // our process name, for log lines
-static struct memtier_memory *memory;
-static size_t (*glibc_usable_size)(void *);
-static pid_t (*real__Fork)(void);
-static atomic_ulong fork_refusals;
+#define PAGE 4096UL
 
-// Depth of memkind calls on this thread: allocations made from inside memkind
-// (its libraries) go to glibc, so memkind is never re-entered.
-static __thread int in_memkind __attribute__((tls_model("initial-exec")));
+// errno through the one libc function both glibc and musl export for it.
+extern int *__errno_location(void) __attribute__((weak));
+extern int __register_atfork(void (*)(void), void (*)(void), void (*)(void), void *) __attribute__((weak));
+extern int pthread_atfork(void (*)(void), void (*)(void), void (*)(void)) __attribute__((weak));
 
-static void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void logf_(const char *fmt, ...)
+static long set_errno(long r)
 {
-	char buf[768];
-	int n = snprintf(buf, sizeof buf, "pmem-preload[%d] %s: ", (int)getpid(), comm);
-	va_list ap;
-	va_start(ap, fmt);
-	if (n > 0 && (size_t)n < sizeof buf)
-		n += vsnprintf(buf + n, sizeof buf - n, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n >= sizeof buf - 1)
-		n = sizeof buf - 2;
-	buf[n++] = '\n';
-	ssize_t w = write(STDERR_FILENO, buf, (size_t)n);
-	(void)w;
-}
-
-// ---- foreign set: glibc pointers living in a target process ------------------
-//
-// Open addressing, linear probing. Slots: 0 empty, 1 deleted, else a pointer.
-// Lookups are lock-free; inserts, deletes and growth take the mutex. A grown
-// table is published with a release store and the old one is never unmapped,
-// so a concurrent reader never touches freed memory.
-
-#define SLOT_EMPTY ((uintptr_t)0)
-#define SLOT_TOMB ((uintptr_t)1)
-
-struct ftab {
-	size_t mask;
-	_Atomic uintptr_t *slot;
-};
-
-static _Atomic uintptr_t ftab0_slots[4096];
-static struct ftab ftab0 = { 4095, ftab0_slots };
-static _Atomic(struct ftab *) ftab_cur = &ftab0;
-static size_t ftab_filled; // live + tombstones in ftab_cur, under ftab_mu
-static size_t ftab_live;
-static pthread_mutex_t ftab_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static inline size_t ftab_hash(uintptr_t p, size_t mask)
-{
-	return (size_t)(((uint64_t)(p >> 4) * 0x9E3779B97F4A7C15ULL) >> 29) & mask;
-}
-
-static _Atomic uintptr_t *ftab_find(struct ftab *t, uintptr_t p)
-{
-	size_t i = ftab_hash(p, t->mask);
-	for (size_t n = 0; n <= t->mask; n++, i = (i + 1) & t->mask) {
-		uintptr_t v = atomic_load_explicit(&t->slot[i], memory_order_acquire);
-		if (v == p)
-			return &t->slot[i];
-		if (v == SLOT_EMPTY)
-			return NULL;
-	}
-	return NULL;
-}
-
-static int ftab_contains(const void *p)
-{
-	struct ftab *t = atomic_load_explicit(&ftab_cur, memory_order_acquire);
-	return ftab_find(t, (uintptr_t)p) != NULL;
-}
-
-// Called with ftab_mu held. Rehashes into a table at least 4x the live count.
-static int ftab_grow(void)
-{
-	struct ftab *old = atomic_load_explicit(&ftab_cur, memory_order_relaxed);
-	size_t cap = old->mask + 1;
-	while (cap < 4 * (ftab_live + 1))
-		cap *= 2;
-	size_t bytes = sizeof(struct ftab) + cap * sizeof(uintptr_t);
-	void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (mem == MAP_FAILED)
+	if (r < 0 && r > -4096) {
+		if (__errno_location)
+			*__errno_location() = (int)-r;
 		return -1;
-	struct ftab *t = mem;
-	t->mask = cap - 1;
-	t->slot = (_Atomic uintptr_t *)(t + 1);
-	for (size_t i = 0; i <= old->mask; i++) {
-		uintptr_t v = atomic_load_explicit(&old->slot[i], memory_order_relaxed);
-		if (v == SLOT_EMPTY || v == SLOT_TOMB)
-			continue;
-		size_t j = ftab_hash(v, t->mask);
-		while (atomic_load_explicit(&t->slot[j], memory_order_relaxed) != SLOT_EMPTY)
-			j = (j + 1) & t->mask;
-		atomic_store_explicit(&t->slot[j], v, memory_order_relaxed);
 	}
-	ftab_filled = ftab_live;
-	atomic_store_explicit(&ftab_cur, t, memory_order_release);
-	return 0;
+	return r;
 }
 
-static int ftab_insert(void *ptr)
+static int sys_open(const char *p, int fl, int mode)
 {
-	uintptr_t p = (uintptr_t)ptr;
-	int rc = 0;
-	pthread_mutex_lock(&ftab_mu);
-	struct ftab *t = atomic_load_explicit(&ftab_cur, memory_order_relaxed);
-	if (2 * (ftab_filled + 1) > t->mask + 1) {
-		if (ftab_grow() != 0) {
-			rc = -1;
-			goto out;
-		}
-		t = atomic_load_explicit(&ftab_cur, memory_order_relaxed);
-	}
-	size_t i = ftab_hash(p, t->mask);
-	for (;;) {
-		uintptr_t v = atomic_load_explicit(&t->slot[i], memory_order_relaxed);
-		if (v == SLOT_EMPTY || v == SLOT_TOMB) {
-			if (v == SLOT_EMPTY)
-				ftab_filled++;
-			ftab_live++;
-			atomic_store_explicit(&t->slot[i], p, memory_order_release);
-			break;
-		}
-		i = (i + 1) & t->mask;
-	}
-out:
-	pthread_mutex_unlock(&ftab_mu);
-	return rc;
+	return (int)sc6(SYS_openat, AT_FDCWD, (long)p, fl, mode, 0, 0);
+}
+static void *sys_mmap(void *a, size_t l, int prot, int fl, int fd, off_t off)
+{
+	return (void *)sc6(SYS_mmap, (long)a, (long)l, prot, fl, fd, off);
+}
+static int is_err(void *p) { return (uintptr_t)p > (uintptr_t)-4096; }
+static int sys_unlink(const char *p)
+{
+#ifdef __x86_64__
+	return (int)sc(SYS_unlink, p, 0, 0);
+#else
+	return (int)sc(SYS_unlinkat, AT_FDCWD, p, 0);
+#endif
 }
 
-// Removes ptr if it is a recorded glibc pointer; returns whether it was.
-static int ftab_remove(void *ptr)
+// gcc may emit calls to these even with -fno-builtin (struct copies).
+HIDDEN void *memcpy(void *d, const void *s, size_t n)
 {
-	if (!ftab_contains(ptr)) // the common case in a target: a memkind pointer
+	char *dd = d;
+	const char *ss = s;
+	while (n--)
+		*dd++ = *ss++;
+	return d;
+}
+HIDDEN void *memset(void *d, int c, size_t n)
+{
+	char *dd = d;
+	while (n--)
+		*dd++ = (char)c;
+	return d;
+}
+static void copy_pages(void *d, const void *s, size_t n)
+{
+	uint64_t *dd = d;
+	const uint64_t *ss = s;
+	for (n /= 8; n; n--)
+		*dd++ = *ss++;
+}
+
+// ---- tiny string helpers ---------------------------------------------------------
+
+static size_t slen(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+static int prefix(const char *s, size_t n, const char *p)
+{
+	size_t pl = slen(p);
+	if (pl > n)
 		return 0;
-	int found = 0;
-	pthread_mutex_lock(&ftab_mu);
-	_Atomic uintptr_t *s = ftab_find(atomic_load_explicit(&ftab_cur, memory_order_relaxed), (uintptr_t)ptr);
-	if (s) {
-		atomic_store_explicit(s, SLOT_TOMB, memory_order_release);
-		ftab_live--;
-		found = 1;
-	}
-	pthread_mutex_unlock(&ftab_mu);
-	return found;
+	for (size_t i = 0; i < pl; i++)
+		if (s[i] != p[i])
+			return 0;
+	return 1;
 }
 
-// A fork while another thread holds ftab_mu would leave it locked forever in
-// the child (kmem mode forks for every BGSAVE).
-static void ftab_prefork(void) { pthread_mutex_lock(&ftab_mu); }
-static void ftab_postfork(void) { pthread_mutex_unlock(&ftab_mu); }
-
-// A glibc allocation in a process that is (or may become) a target must be
-// recorded; if it cannot be, it is not handed out at all.
-static void *glibc_track(void *p)
-{
-	if (p && atomic_load_explicit(&state, memory_order_acquire) != ST_PLAIN && ftab_insert(p) != 0) {
-		__libc_free(p);
-		errno = ENOMEM;
-		return NULL;
-	}
-	return p;
-}
-
-static inline int use_memkind(void)
-{
-	return atomic_load_explicit(&state, memory_order_acquire) == ST_TIERED && in_memkind == 0;
-}
-
-// ---- the malloc family ---------------------------------------------------------
-
-static void *mk_malloc(size_t n)
-{
-	in_memkind++;
-	void *p = mk.malloc(memory, n ? n : 1); // memtier 1.14 returns NULL for 0
-	in_memkind--;
-	if (!p)
-		errno = ENOMEM;
-	return p;
-}
-
-static int mk_memalign(void **out, size_t align, size_t n)
-{
-	in_memkind++;
-	int rc = mk.posix_memalign(memory, out, align, n ? n : 1);
-	in_memkind--;
-	return rc;
-}
-
-static int is_pow2(size_t x) { return x && !(x & (x - 1)); }
-
-EXPORT void *malloc(size_t n)
-{
-	if (use_memkind())
-		return mk_malloc(n);
-	return glibc_track(__libc_malloc(n));
-}
-
-EXPORT void free(void *p)
-{
-	if (!p)
-		return;
-	int st = atomic_load_explicit(&state, memory_order_acquire);
-	if (st == ST_PLAIN || ftab_remove(p)) {
-		__libc_free(p);
-		return;
-	}
-	if (st == ST_TIERED) {
-		in_memkind++;
-		mk.kind_free(NULL, p);
-		in_memkind--;
-		return;
-	}
-	if (st == ST_EXITING)
-		return; // a memkind block during exit: the process is going away
-	__libc_free(p); // undecided: every pointer handed out so far is glibc's
-}
-
-EXPORT void *calloc(size_t n, size_t size)
-{
-	size_t total;
-	if (__builtin_mul_overflow(n, size, &total)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	if (use_memkind()) {
-		in_memkind++;
-		void *p = total ? mk.calloc(memory, n, size) : mk.calloc(memory, 1, 1);
-		in_memkind--;
-		if (!p)
-			errno = ENOMEM;
-		return p;
-	}
-	return glibc_track(__libc_calloc(n, size));
-}
-
-EXPORT void *realloc(void *p, size_t n)
-{
-	if (!p)
-		return malloc(n);
-	if (n == 0) { // glibc semantics: free and return NULL
-		free(p);
-		return NULL;
-	}
-	int st = atomic_load_explicit(&state, memory_order_acquire);
-	if (st == ST_PLAIN)
-		return __libc_realloc(p, n);
-	if (ftab_contains(p)) {
-		if (use_memkind() && glibc_usable_size) {
-			// Move a pre-activation block onto the tiered heap.
-			void *q = mk_malloc(n);
-			if (!q)
-				return NULL;
-			size_t old = glibc_usable_size(p);
-			memcpy(q, p, old < n ? old : n);
-			ftab_remove(p);
-			__libc_free(p);
-			return q;
-		}
-		void *q = __libc_realloc(p, n);
-		if (q && q != p) {
-			ftab_remove(p);
-			if (ftab_insert(q) != 0) {
-				__libc_free(q);
-				errno = ENOMEM;
-				return NULL; // p is gone: glibc moved it; nothing else to do
-			}
-		}
-		return q;
-	}
-	if (st == ST_TIERED) {
-		in_memkind++;
-		void *q = mk.realloc(memory, p, n);
-		in_memkind--;
-		if (!q)
-			errno = ENOMEM;
-		return q;
-	}
-	if (st == ST_EXITING) {
-		// jemalloc's metadata is intact; only memkind's kinds are gone.
-		size_t old = mk.usable_size(p);
-		void *q = glibc_track(__libc_malloc(n));
-		if (q)
-			memcpy(q, p, old < n ? old : n);
-		return q;
-	}
-	return __libc_realloc(p, n);
-}
-
-EXPORT void *reallocarray(void *p, size_t n, size_t size)
-{
-	size_t total;
-	if (__builtin_mul_overflow(n, size, &total)) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	return realloc(p, total);
-}
-
-// align: a power of two >= sizeof(void *).
-static void *aligned(size_t align, size_t n)
-{
-	if (use_memkind()) {
-		void *p = NULL;
-		int rc = mk_memalign(&p, align, n);
-		if (rc != 0) {
-			errno = rc == EINVAL ? EINVAL : ENOMEM;
-			return NULL;
-		}
-		return p;
-	}
-	return glibc_track(__libc_memalign(align, n));
-}
-
-EXPORT int posix_memalign(void **out, size_t align, size_t n)
-{
-	if (!is_pow2(align) || align % sizeof(void *) != 0)
-		return EINVAL;
-	int saved = errno;
-	void *p = aligned(align, n);
-	if (!p) {
-		int rc = errno;
-		errno = saved;
-		return rc ? rc : ENOMEM;
-	}
-	*out = p;
-	errno = saved;
-	return 0;
-}
-
-EXPORT void *aligned_alloc(size_t align, size_t n)
-{
-	if (!is_pow2(align)) {
-		errno = EINVAL;
-		return NULL;
-	}
-	return aligned(align < sizeof(void *) ? sizeof(void *) : align, n);
-}
-
-EXPORT void *memalign(size_t align, size_t n)
-{
-	// glibc: a non power of two is rounded up to the next one.
-	if (align < sizeof(void *))
-		align = sizeof(void *);
-	if (!is_pow2(align)) {
-		if (align > SIZE_MAX / 2 + 1) {
-			errno = EINVAL;
-			return NULL;
-		}
-		size_t a = sizeof(void *);
-		while (a < align)
-			a <<= 1;
-		align = a;
-	}
-	return aligned(align, n);
-}
-
-EXPORT void *valloc(size_t n)
-{
-	return aligned((size_t)sysconf(_SC_PAGESIZE), n);
-}
-
-EXPORT void *pvalloc(size_t n)
-{
-	size_t page = (size_t)sysconf(_SC_PAGESIZE);
-	if (n > SIZE_MAX - page) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	n = n ? (n + page - 1) & ~(page - 1) : page;
-	return aligned(page, n);
-}
-
-EXPORT size_t malloc_usable_size(void *p)
-{
-	if (!p)
-		return 0;
-	int st = atomic_load_explicit(&state, memory_order_acquire);
-	if ((st == ST_TIERED || st == ST_EXITING) && !ftab_contains(p)) {
-		in_memkind++;
-		size_t n = mk.usable_size(p);
-		in_memkind--;
-		return n;
-	}
-	if (!glibc_usable_size) // called before our constructor
-		*(void **)(&glibc_usable_size) = dlvsym(RTLD_NEXT, "malloc_usable_size", "GLIBC_2.2.5");
-	return glibc_usable_size ? glibc_usable_size(p) : 0;
-}
-
-// ---- fork policy -----------------------------------------------------------------
-
-static pid_t refuse_fork(void)
-{
-	unsigned long n = atomic_fetch_add(&fork_refusals, 1) + 1;
-	// First refusal, then at powers of two: a Redis retrying BGSAVE every
-	// few seconds must not flood the log.
-	if (is_pow2(n))
-		logf_("refusing fork() (refusal #%lu): the heap is on FS_DAX PMEM (%s), a MAP_SHARED file "
-		      "mapping without copy-on-write, so a child would corrupt the parent's heap. "
-		      "Run without fork-based persistence (redis: --save '' --appendonly no, no replicas) "
-		      "or use pmem mode kmem",
-		      n, fsdax_path);
-	errno = ENOMEM;
-	return -1;
-}
-
-static int heap_is_shared(void)
-{
-	return fsdax_active && atomic_load_explicit(&state, memory_order_acquire) >= ST_TIERED;
-}
-
-EXPORT pid_t fork(void)
-{
-	if (heap_is_shared())
-		return refuse_fork();
-	return __fork();
-}
-
-EXPORT pid_t _Fork(void)
-{
-	if (heap_is_shared())
-		return refuse_fork();
-	if (!real__Fork) // called before our constructor
-		*(void **)(&real__Fork) = dlvsym(RTLD_NEXT, "_Fork", "GLIBC_2.34");
-	if (!real__Fork) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return real__Fork();
-}
-
-// ---- configuration -----------------------------------------------------------------
-
-enum kind { K_DRAM, K_FS_DAX, K_KMEM_DAX };
-
-struct tier {
-	enum kind kind;
-	char path[PATH_MAX];
-	size_t size_limit;
-	unsigned ratio;
+struct buf {
+	char b[1024];
+	size_t n;
 };
-
-#define MAX_TIERS 4
-
-struct config {
-	struct tier tier[MAX_TIERS];
-	int ntiers;
-	memtier_policy_t policy;
-};
-
-static int parse_uint(const char *s, unsigned long long *out)
+static void bput(struct buf *b, const char *s, size_t n)
 {
-	if (!*s)
+	for (size_t i = 0; i < n && b->n < sizeof b->b - 1; i++)
+		b->b[b->n++] = s[i];
+}
+static void bs(struct buf *b, const char *s) { bput(b, s, slen(s)); }
+static void bu(struct buf *b, unsigned long v)
+{
+	char t[24];
+	int i = 24;
+	do {
+		t[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	bput(b, t + i, 24 - i);
+}
+
+static int parse_u(const char *s, size_t n, unsigned long *out)
+{
+	unsigned long v = 0;
+	if (n == 0 || n > 19)
 		return -1;
-	unsigned long long v = 0;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
 			return -1;
-		if (v > (ULLONG_MAX - 9) / 10)
-			return -1;
-		v = v * 10 + (unsigned)(*s - '0');
+		v = v * 10 + (unsigned long)(s[i] - '0');
 	}
 	*out = v;
 	return 0;
 }
 
-// Parses memkind's MEMKIND_MEM_TIERS syntax, e.g.
-//   KIND:DRAM,RATIO:1;KIND:FS_DAX,PATH:/mnt/pmem,PMEM_SIZE_LIMIT:1073741824,RATIO:4;POLICY:STATIC_RATIO
-// into cfg. On error writes a message naming the offending item to err.
-static int parse_tiers(const char *env, struct config *cfg, char *err, size_t errlen)
+// ---- state -----------------------------------------------------------------------
+
+enum mode { OFF, FSDAX, KMEM };
+
+static struct {
+	int mode;
+	char comm[17];
+	char path[256];   // FS_DAX dir
+	char status[320]; // status file path
+	char why[200];    // why not placed, if so
+	int fd;           // heap file
+	int status_fd;
+	char *base;       // reserved range
+	size_t size;
+	uint64_t *bits;   // 1 = page in use (mapped from the file, or deferred)
+	size_t npages, hint;
+	unsigned dram_ratio, pmem_ratio;
+	int lock;
+	// counters (under lock)
+	size_t mapped, dram_bytes, fallback_bytes, fallback_calls, last_written;
+	unsigned long forks;
+	int privat;  // heap extents are MAP_PRIVATE since a fork: never write the file
+	int child;   // we are a forked child
+	int pid;
+	unsigned long nodes_pmem, nodes_dram;
+} st;
+
+static void cpu_relax(void)
 {
-	char buf[4096];
-	if (strlen(env) >= sizeof buf) {
-		snprintf(err, errlen, "longer than %zu bytes", sizeof buf - 1);
-		return -1;
+#ifdef __x86_64__
+	__asm__ volatile("pause");
+#else
+	__asm__ volatile("yield");
+#endif
+}
+static void lock(void)
+{
+	while (__atomic_exchange_n(&st.lock, 1, __ATOMIC_ACQUIRE))
+		while (__atomic_load_n(&st.lock, __ATOMIC_RELAXED))
+			cpu_relax();
+}
+static void unlock(void) { __atomic_store_n(&st.lock, 0, __ATOMIC_RELEASE); }
+
+static void logline(struct buf *b)
+{
+	bs(b, "\n");
+	sc(SYS_write, 2, b->b, b->n);
+}
+static void logp(struct buf *b)
+{
+	bs(b, "pmem-preload[");
+	bu(b, (unsigned long)st.pid);
+	bs(b, "] ");
+	bs(b, st.comm);
+	bs(b, ": ");
+}
+
+// write_status rewrites the status file. Called with the lock held.
+static void write_status(void)
+{
+	if (st.status_fd < 0)
+		return;
+	struct buf b = {.n = 0};
+	static const char *modes[] = {"off", "fsdax", "kmem"};
+	bs(&b, "pid=");
+	bu(&b, (unsigned long)st.pid);
+	bs(&b, "\ncomm=");
+	bs(&b, st.comm);
+	bs(&b, "\nmode=");
+	bs(&b, modes[st.mode]);
+	bs(&b, "\nmechanism=");
+	bs(&b, st.mode == FSDAX ? "page-level mmap from file" : "set_mempolicy");
+	bs(&b, "\npath=");
+	bs(&b, st.path);
+	bs(&b, "\nlimit_bytes=");
+	bu(&b, st.size);
+	bs(&b, "\nbytes_mapped_pmem=");
+	bu(&b, st.mapped);
+	// What the file really holds: allocated blocks (resident on PMEM).
+	struct {
+		unsigned long pad[8];
+		long blocks;
+		unsigned long pad2[9];
+	} sb;
+	long fr = sc(SYS_fstat, st.fd, &sb, 0);
+	bs(&b, "\nbytes_resident_pmem=");
+	bu(&b, fr == 0 ? (unsigned long)sb.blocks * 512 : 0);
+	bs(&b, "\nbytes_dram_tier=");
+	bu(&b, st.dram_bytes);
+	bs(&b, "\nbytes_fallback_dram=");
+	bu(&b, st.fallback_bytes);
+	bs(&b, "\nfallback_calls=");
+	bu(&b, st.fallback_calls);
+	bs(&b, "\nforks=");
+	bu(&b, st.forks);
+	bs(&b, "\nheap_shared=");
+	bs(&b, st.privat ? "0 (private copy-on-write since fork: pages written since are on DRAM)" : "1");
+	bs(&b, "\n");
+	// Pad with spaces over a longer earlier text (no ftruncate: cheap, bounded).
+	while (b.n < 640 && b.n < sizeof b.b - 1)
+		b.b[b.n++] = ' ';
+	sc6(SYS_pwrite64, st.status_fd, (long)b.b, (long)b.n, 0, 0, 0);
+	st.last_written = st.mapped + st.fallback_bytes;
+}
+
+static void maybe_status(void)
+{
+	size_t now = st.mapped + st.fallback_bytes;
+	size_t d = now > st.last_written ? now - st.last_written : st.last_written - now;
+	if (d >= (4UL << 20))
+		write_status();
+}
+
+// ---- bitmap ----------------------------------------------------------------------
+
+static int bit(size_t i) { return (st.bits[i / 64] >> (i % 64)) & 1; }
+static void setbits(size_t i, size_t n, int v)
+{
+	for (; n; i++, n--) {
+		if (v)
+			st.bits[i / 64] |= 1UL << (i % 64);
+		else
+			st.bits[i / 64] &= ~(1UL << (i % 64));
 	}
-	strcpy(buf, env);
-	memset(cfg, 0, sizeof *cfg);
-	cfg->policy = MEMTIER_POLICY_STATIC_RATIO;
-	char *save1 = NULL;
-	for (char *seg = strtok_r(buf, ";", &save1); seg; seg = strtok_r(NULL, ";", &save1)) {
-		if (strncmp(seg, "POLICY:", 7) == 0) {
-			const char *p = seg + 7;
-			if (strcmp(p, "STATIC_RATIO") == 0)
-				cfg->policy = MEMTIER_POLICY_STATIC_RATIO;
-			else if (strcmp(p, "DYNAMIC_THRESHOLD") == 0)
-				cfg->policy = MEMTIER_POLICY_DYNAMIC_THRESHOLD;
-			else {
-				snprintf(err, errlen, "POLICY %.64s: allowed STATIC_RATIO, DYNAMIC_THRESHOLD", p);
-				return -1;
+}
+static int range_free(size_t i, size_t n)
+{
+	if (i + n > st.npages || i + n < i)
+		return 0;
+	for (size_t j = 0; j < n; j++)
+		if (bit(i + j))
+			return 0;
+	return 1;
+}
+// find returns a free run of n pages (aligned to 2 MiB when n >= 2 MiB, so
+// jemalloc's aligned requests do not need its map-bigger-and-trim path), or -1.
+static long find(size_t n)
+{
+	size_t step = n >= 512 ? 512 : 1;
+	for (int pass = 0; pass < 2; pass++) {
+		size_t i = pass == 0 ? (st.hint + step - 1) / step * step : 0;
+		size_t end = pass == 0 ? st.npages : st.hint + n;
+		while (i + n <= st.npages && i < end) {
+			if (bit(i)) {
+				i += step;
+				continue;
 			}
+			if (step == 1 && (i % 64) == 0 && st.bits[i / 64] == ~0UL) {
+				i += 64;
+				continue;
+			}
+			size_t j = 0;
+			while (j < n && !bit(i + j))
+				j++;
+			if (j == n) {
+				st.hint = i + n;
+				return (long)i;
+			}
+			i = (i + j + 1 + step - 1) / step * step;
+		}
+	}
+	return -1;
+}
+
+static int ours(const void *a, size_t len)
+{
+	return st.mode == FSDAX && (char *)a >= st.base && (char *)a < st.base + st.size &&
+	       len <= (size_t)(st.base + st.size - (char *)a);
+}
+static int overlaps(const void *a, size_t len)
+{
+	return st.mode == FSDAX && (char *)a < st.base + st.size && (char *)a + len > st.base;
+}
+
+// release turns [a, a+len) of the range back into reserved address space.
+// The file is punched only while no child can see it.
+static void release(char *a, size_t len, int keep_bits)
+{
+	if (!st.privat && !st.child) {
+		sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, a - st.base, (long)len, 0, 0);
+	}
+	sys_mmap(a, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+	if (!keep_bits)
+		setbits((size_t)(a - st.base) / PAGE, len / PAGE, 0);
+}
+
+// ---- the interposed calls ---------------------------------------------------------
+
+static int want(int prot, int flags)
+{
+	return (flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE &&
+	       !(flags & (MAP_STACK | MAP_GROWSDOWN | MAP_HUGETLB)) &&
+	       prot == (PROT_READ | PROT_WRITE);
+}
+
+// place serves a request from the range, or returns NULL (caller falls back).
+static void *place(void *hint, size_t len, int flags)
+{
+	size_t n = (len + PAGE - 1) / PAGE;
+	long i = -1;
+	if (hint && ours(hint, n * PAGE) && ((uintptr_t)hint % PAGE) == 0) {
+		size_t h = (size_t)((char *)hint - st.base) / PAGE;
+		if (range_free(h, n))
+			i = (long)h;
+		else if (flags & MAP_FIXED_NOREPLACE)
+			return 0;
+	}
+	if (i < 0)
+		i = find(n);
+	if (i < 0)
+		return 0;
+	char *a = st.base + (size_t)i * PAGE;
+	void *r = sys_mmap(a, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, st.fd, (off_t)i * (off_t)PAGE);
+	if (is_err(r)) {
+		sys_mmap(a, n * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+		return 0;
+	}
+	setbits((size_t)i, n, 1);
+	st.mapped += n * PAGE;
+	return r;
+}
+
+static int use_dram_tier(size_t len)
+{
+	if (!st.dram_ratio)
+		return 0;
+	// Keep dram_bytes : mapped close to dram_ratio : pmem_ratio.
+	return (st.dram_bytes + len) * st.pmem_ratio <= (st.mapped + len) * st.dram_ratio ||
+	       st.dram_bytes * st.pmem_ratio < st.mapped * st.dram_ratio;
+}
+
+static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	if (st.mode == FSDAX && len && want(prot, flags) && !st.child &&
+	    (!(flags & MAP_FIXED) || ours(addr, len))) {
+		void *r = 0;
+		lock();
+		if (flags & MAP_FIXED) {
+			// A fixed anonymous map over our range replaces pages of ours.
+			size_t n = (len + PAGE - 1) / PAGE;
+			if (!st.privat) {
+				size_t i = (size_t)((char *)addr - st.base) / PAGE;
+				size_t was = 0;
+				for (size_t j = 0; j < n; j++)
+					was += bit(i + j);
+				sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(i * PAGE), (long)(n * PAGE), 0, 0);
+				r = sys_mmap(addr, n * PAGE, prot, MAP_SHARED | MAP_FIXED, st.fd, (off_t)(i * PAGE));
+				if (!is_err(r)) {
+					setbits(i, n, 1);
+					st.mapped += (n - was) * PAGE;
+				}
+			} else {
+				r = sys_mmap(addr, len, prot, flags, fd, off); // anon private: correct after fork
+			}
+			unlock();
+			return (void *)set_errno((long)r);
+		}
+		if (st.privat) {
+			r = 0; // never write the file while a child may read it
+		} else if (use_dram_tier(len)) {
+			r = 0;
+			st.dram_bytes += (len + PAGE - 1) / PAGE * PAGE;
+			unlock();
+			return (void *)set_errno((long)sys_mmap(addr, len, prot, flags, fd, off));
+		} else {
+			r = place(addr, len, flags);
+		}
+		if (!r) {
+			st.fallback_bytes += (len + PAGE - 1) / PAGE * PAGE;
+			st.fallback_calls++;
+			if (st.fallback_calls == 1)
+				write_status();
+		}
+		maybe_status();
+		unlock();
+		if (r)
+			return r;
+		return (void *)set_errno((long)sys_mmap(addr, len, prot, flags, fd, off));
+	}
+	if (st.mode == FSDAX && (flags & MAP_FIXED) && overlaps(addr, len) && !st.child) {
+		// Someone maps over our range (not anonymous RW): never hand those
+		// pages out again.
+		lock();
+		char *lo = (char *)addr < st.base ? st.base : (char *)addr;
+		char *hi = (char *)addr + len > st.base + st.size ? st.base + st.size : (char *)addr + len;
+		setbits((size_t)(lo - st.base) / PAGE, (size_t)(hi - lo + PAGE - 1) / PAGE, 1);
+		unlock();
+	}
+	return (void *)set_errno((long)sys_mmap(addr, len, prot, flags, fd, off));
+}
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return do_mmap(addr, len, prot, flags, fd, off);
+}
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return do_mmap(addr, len, prot, flags, fd, off);
+}
+
+static int do_munmap(void *addr, size_t len)
+{
+	if (overlaps(addr, len) && ((uintptr_t)addr % PAGE) == 0 && len) {
+		if (!ours(addr, len))
+			return (int)set_errno(-EINVAL); // straddles our range: never in practice
+		len = (len + PAGE - 1) / PAGE * PAGE;
+		lock();
+		size_t i = (size_t)((char *)addr - st.base) / PAGE, was = 0;
+		for (size_t j = 0; j < len / PAGE; j++)
+			was += bit(i + j);
+		if (st.child) {
+			sys_mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+		} else {
+			// After a fork the pages stay marked: the child may still read
+			// those offsets through the file.
+			release(addr, len, st.privat);
+			if (!st.privat)
+				st.mapped -= was * PAGE;
+		}
+		maybe_status();
+		unlock();
+		return 0;
+	}
+	return (int)set_errno(sc(SYS_munmap, addr, len, 0));
+}
+EXPORT int munmap(void *addr, size_t len) { return do_munmap(addr, len); }
+
+static int do_madvise(void *addr, size_t len, int advice)
+{
+	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
+		if (advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE) {
+			len = (len + PAGE - 1) / PAGE * PAGE;
+			if (st.privat || st.child) {
+				// Zero pages without touching the file.
+				sys_mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+			} else {
+				sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				    (char *)addr - st.base, (long)len, 0, 0);
+			}
+			return 0;
+		}
+		sc(SYS_madvise, addr, len, advice); // hints: errors do not matter
+		return 0;
+	}
+	return (int)set_errno(sc(SYS_madvise, addr, len, advice));
+}
+EXPORT int madvise(void *addr, size_t len, int advice) { return do_madvise(addr, len, advice); }
+EXPORT int posix_madvise(void *addr, size_t len, int advice)
+{
+	if (advice == MADV_DONTNEED) // POSIX_MADV_DONTNEED is only a hint: never discard
+		return 0;
+	long r = sc(SYS_madvise, addr, len, advice);
+	return r < 0 ? (int)-r : 0;
+}
+
+EXPORT void *mremap(void *old, size_t olen, size_t nlen, int flags, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, flags);
+	void *naddr = (flags & MREMAP_FIXED) ? __builtin_va_arg(ap, void *) : 0;
+	__builtin_va_end(ap);
+	if (!overlaps(old, olen ? olen : 1) && !(naddr && overlaps(naddr, nlen)))
+		return (void *)set_errno(sc6(SYS_mremap, (long)old, (long)olen, (long)nlen, flags, (long)naddr, 0));
+	if (!ours(old, olen) || (flags & MREMAP_FIXED) || ((uintptr_t)old % PAGE) || !nlen)
+		return (void *)set_errno(-EINVAL);
+	size_t op = (olen + PAGE - 1) / PAGE * PAGE, np = (nlen + PAGE - 1) / PAGE * PAGE;
+	if (np <= op) {
+		if (np < op)
+			do_munmap((char *)old + np, op - np);
+		return old;
+	}
+	if (!st.privat && !st.child) {
+		lock();
+		size_t i = (size_t)((char *)old - st.base + op) / PAGE, n = (np - op) / PAGE;
+		if (range_free(i, n)) {
+			void *r = sys_mmap((char *)old + op, np - op, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+					   st.fd, (off_t)(i * PAGE));
+			if (!is_err(r)) {
+				setbits(i, n, 1);
+				st.mapped += np - op;
+				unlock();
+				return old;
+			}
+		}
+		unlock();
+	}
+	if (!(flags & MREMAP_MAYMOVE))
+		return (void *)set_errno(-ENOMEM);
+	void *n = do_mmap(0, np, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (n == MAP_FAILED)
+		return n;
+	copy_pages(n, old, op);
+	do_munmap(old, op);
+	return n;
+}
+
+// ---- fork (FS_DAX) -----------------------------------------------------------------
+
+// remap_private turns every in-use extent of the range into a private mapping
+// of the same file offsets. Runs in the prepare handler with the lock held.
+static void remap_private(void)
+{
+	size_t i = 0;
+	while (i < st.npages) {
+		if (!bit(i)) {
+			i++;
 			continue;
 		}
-		if (cfg->ntiers == MAX_TIERS) {
-			snprintf(err, errlen, "more than %d tiers", MAX_TIERS);
-			return -1;
-		}
-		struct tier *t = &cfg->tier[cfg->ntiers];
-		int have_kind = 0;
-		t->ratio = 1;
-		char *save2 = NULL;
-		for (char *kv = strtok_r(seg, ",", &save2); kv; kv = strtok_r(NULL, ",", &save2)) {
-			char *val = strchr(kv, ':');
-			if (!val) {
-				snprintf(err, errlen, "tier %d: %.64s is not KEY:VALUE", cfg->ntiers + 1, kv);
-				return -1;
-			}
-			*val++ = '\0';
-			unsigned long long u;
-			if (strcmp(kv, "KIND") == 0) {
-				if (strcmp(val, "DRAM") == 0)
-					t->kind = K_DRAM;
-				else if (strcmp(val, "FS_DAX") == 0)
-					t->kind = K_FS_DAX;
-				else if (strcmp(val, "KMEM_DAX") == 0 || strcmp(val, "DAX_KMEM") == 0)
-					t->kind = K_KMEM_DAX;
-				else {
-					snprintf(err, errlen, "tier %d: KIND %.64s: allowed DRAM, FS_DAX, KMEM_DAX",
-						 cfg->ntiers + 1, val);
-					return -1;
-				}
-				have_kind = 1;
-			} else if (strcmp(kv, "PATH") == 0) {
-				if (val[0] != '/' || strlen(val) >= sizeof t->path) {
-					snprintf(err, errlen, "tier %d: PATH %.64s: must be an absolute directory",
-						 cfg->ntiers + 1, val);
-					return -1;
-				}
-				strcpy(t->path, val);
-			} else if (strcmp(kv, "PMEM_SIZE_LIMIT") == 0) {
-				if (parse_uint(val, &u) != 0) {
-					snprintf(err, errlen, "tier %d: PMEM_SIZE_LIMIT %.64s: must be a decimal byte count",
-						 cfg->ntiers + 1, val);
-					return -1;
-				}
-				t->size_limit = (size_t)u;
-			} else if (strcmp(kv, "RATIO") == 0) {
-				if (parse_uint(val, &u) != 0 || u == 0 || u > 1000000) {
-					snprintf(err, errlen, "tier %d: RATIO %.64s: must be an integer in 1..1000000",
-						 cfg->ntiers + 1, val);
-					return -1;
-				}
-				t->ratio = (unsigned)u;
-			} else {
-				snprintf(err, errlen, "tier %d: unknown key %.64s (allowed KIND, PATH, PMEM_SIZE_LIMIT, RATIO)",
-					 cfg->ntiers + 1, kv);
-				return -1;
-			}
-		}
-		if (!have_kind) {
-			snprintf(err, errlen, "tier %d: KIND missing", cfg->ntiers + 1);
-			return -1;
-		}
-		if (t->kind == K_FS_DAX && !t->path[0]) {
-			snprintf(err, errlen, "tier %d: FS_DAX needs PATH", cfg->ntiers + 1);
-			return -1;
-		}
-		cfg->ntiers++;
+		size_t j = i;
+		while (j < st.npages && bit(j))
+			j++;
+		// Only pages that are a file mapping now; an anonymous zero page
+		// (from madvise after an earlier fork) is already private.
+		sys_mmap(st.base + i * PAGE, (j - i) * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, st.fd,
+			 (off_t)(i * PAGE));
+		i = j;
 	}
-	if (cfg->ntiers == 0) {
-		snprintf(err, errlen, "no tier");
+}
+
+static void fork_prepare(void)
+{
+	lock();
+	if (st.mode == FSDAX && !st.privat && !st.child) {
+		// msync is not needed: a MAP_SHARED store is in the page cache
+		// (or on the DAX media) already.
+		remap_private();
+		st.privat = 1;
+	}
+}
+static void fork_parent(void)
+{
+	st.forks++;
+	if (st.mode == FSDAX) {
+		write_status();
+		if (st.forks == 1) {
+			struct buf b = {.n = 0};
+			logp(&b);
+			bs(&b, "fork: FS_DAX heap remapped private copy-on-write; pages written from now on are on DRAM "
+			       "(status file heap_shared=0)");
+			logline(&b);
+		}
+	}
+	unlock();
+}
+static void fork_child(void)
+{
+	st.child = 1;
+	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
+	st.status_fd = -1; // the parent's record stays the parent's
+	__atomic_store_n(&st.lock, 0, __ATOMIC_RELEASE);
+}
+
+// ---- activation -------------------------------------------------------------------
+
+static int read_file(const char *path, char *out, size_t cap)
+{
+	int fd = sys_open(path, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0)
 		return -1;
+	size_t n = 0;
+	for (int k = 0; k < 64 && n < cap - 1; k++) { // bounded
+		long r = sc(SYS_read, fd, out + n, cap - 1 - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	sc(SYS_close, fd, 0, 0);
+	out[n] = 0;
+	return (int)n;
+}
+
+// env returns the value of name in environ (NUL-separated), or 0.
+static const char *env(const char *environ, int n, const char *name)
+{
+	size_t nl = slen(name);
+	for (int i = 0; i < n;) {
+		const char *e = environ + i;
+		size_t l = slen(e);
+		if (l > nl && prefix(e, l, name) && e[nl] == '=')
+			return e + nl + 1;
+		i += (int)l + 1;
 	}
 	return 0;
 }
 
-// Whether our process name (/proc/self/comm: what the kernel recorded at exec,
-// at most 15 bytes) is in the comma list.
-static int is_target(const char *list)
+static int listed(const char *list, const char *name)
 {
-	size_t clen = strlen(comm);
-	const char *s = list;
-	while (*s) {
-		const char *e = strchr(s, ',');
-		size_t len = e ? (size_t)(e - s) : strlen(s);
-		// Names longer than 15 bytes are truncated by the kernel.
-		if ((len == clen && strncmp(s, comm, len) == 0) || (len > 15 && clen == 15 && strncmp(s, comm, 15) == 0))
+	size_t nl = slen(name);
+	for (const char *p = list;;) {
+		const char *c = p;
+		while (*c && *c != ',')
+			c++;
+		if ((size_t)(c - p) == nl && prefix(p, nl, name))
 			return 1;
-		if (!e)
-			break;
-		s = e + 1;
+		if (!*c)
+			return 0;
+		p = c + 1;
 	}
-	return 0;
 }
 
-static void read_comm(void)
+static void fail(const char *what, const char *val, long err)
 {
-	int fd = open("/proc/self/comm", O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		strcpy(comm, "?");
-		return;
+	struct buf b = {.n = 0};
+	logp(&b);
+	bs(&b, what);
+	if (val) {
+		bs(&b, val);
 	}
-	ssize_t n = read(fd, comm, sizeof comm - 1);
-	close(fd);
-	if (n <= 0)
-		n = 0;
-	comm[n] = '\0';
-	char *nl = strchr(comm, '\n');
-	if (nl)
-		*nl = '\0';
+	if (err) {
+		bs(&b, ": errno ");
+		bu(&b, (unsigned long)-err);
+		if (err == -13)
+			bs(&b, " (permission denied: the volume root must be writable by this uid)");
+	}
+	bs(&b, "; heap stays on DRAM");
+	logline(&b);
 }
 
-#define RESOLVE(field, name)                                              \
-	do {                                                              \
-		*(void **)(&mk.field) = dlsym(h, name);                   \
-		if (!mk.field) {                                          \
-			logf_("%s: symbol %s missing; heap stays on DRAM", lib, name); \
-			return -1;                                        \
-		}                                                         \
-	} while (0)
-
-static int disarm_finalize(void *h);
-
-static int load_memkind(void)
+// parse_tiers fills st from MEMKIND_MEM_TIERS. Returns 0 or -1 (logged).
+static int parse_tiers(const char *t, unsigned long *limit)
 {
-	Dl_info info;
-	char lib[PATH_MAX];
-	if (!dladdr((void *)load_memkind, &info) || !info.dli_fname || info.dli_fname[0] != '/') {
-		logf_("cannot find the directory of libpmem-preload.so (LD_PRELOAD must be an absolute path); heap stays on DRAM");
-		return -1;
-	}
-	const char *slash = strrchr(info.dli_fname, '/');
-	int n = snprintf(lib, sizeof lib, "%.*s/libmemkind.so.0", (int)(slash - info.dli_fname), info.dli_fname);
-	if (n < 0 || (size_t)n >= sizeof lib)
-		return -1;
-	void *h = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		logf_("cannot load %s: %s; heap stays on DRAM", lib, dlerror());
-		return -1;
-	}
-	RESOLVE(builder_new, "memtier_builder_new");
-	RESOLVE(builder_delete, "memtier_builder_delete");
-	RESOLVE(builder_add_tier, "memtier_builder_add_tier");
-	RESOLVE(construct, "memtier_builder_construct_memtier_memory");
-	RESOLVE(malloc, "memtier_malloc");
-	RESOLVE(calloc, "memtier_calloc");
-	RESOLVE(realloc, "memtier_realloc");
-	RESOLVE(posix_memalign, "memtier_posix_memalign");
-	RESOLVE(kind_free, "memtier_kind_free");
-	RESOLVE(usable_size, "memtier_usable_size");
-	RESOLVE(create_pmem, "memkind_create_pmem");
-	RESOLVE(error_message, "memkind_error_message");
-	RESOLVE(kind_default, "MEMKIND_DEFAULT");
-	RESOLVE(kind_dax_kmem, "MEMKIND_DAX_KMEM");
-	if (disarm_finalize(h) != 0) {
-		logf_("%s: unsupported memkind build (cannot keep the heap mapped until exit); heap stays on DRAM", lib);
-		return -1;
-	}
-	return 0;
-}
-
-// memkind's destructor (memkind_finalize) calls ops->finalize for every kind,
-// which for PMEM and KMEM kinds destroys their jemalloc arenas and unmaps the
-// heap. At exit that pulls the memory from under everything that still runs:
-// other destructors, stdio's final flush of buffers that live on this heap
-// (stdout output vanished with EFAULT, measured). We replace the finalize
-// slot of the two ops tables we use with keep_heap_at_exit, which leaves the
-// heap mapped and tells our wrappers to stop calling memkind.
-// struct memkind_ops is internal to memkind, so the slot is located, not
-// assumed: it is the slot after the allocation functions that holds
-// memkind_pmem_destroy (finalize == destroy for PMEM), and the layout is
-// checked against exported functions first. If anything does not match,
-// tiering is not activated.
-static int keep_heap_at_exit(struct memkind *kind)
-{
-	(void)kind;
-	atomic_store_explicit(&state, ST_EXITING, memory_order_release);
-	return 0;
-}
-
-#define OPS_SLOTS 24 // sizeof(struct memkind_ops) / sizeof(void *) in memkind 1.14
-
-static int disarm_finalize(void *h)
-{
-	void **pmem = dlsym(h, "MEMKIND_PMEM_OPS");
-	void **kmem = dlsym(h, "MEMKIND_DAX_KMEM_OPS");
-	void *destroy = dlsym(h, "memkind_pmem_destroy");
-	void *am = dlsym(h, "memkind_arena_malloc");
-	void *af = dlsym(h, "memkind_arena_free");
-	if (!pmem || !kmem || !destroy || !am || !af || pmem[1] != destroy || pmem[2] != am || pmem[6] != af ||
-	    kmem[2] != am || kmem[6] != af)
-		return -1;
-	int slot = -1;
-	for (int i = 7; i < OPS_SLOTS; i++) {
-		if (pmem[i] == destroy) {
-			if (slot >= 0)
-				return -1;
-			slot = i;
+	int kinds = 0;
+	const char *p = t;
+	while (*p) {
+		const char *e = p;
+		while (*e && *e != ';')
+			e++;
+		// one tier: KEY:VAL,KEY:VAL
+		const char *kind = 0;
+		size_t kindn = 0;
+		unsigned long ratio = 1;
+		const char *q = p;
+		while (q < e) {
+			const char *f = q;
+			while (f < e && *f != ',')
+				f++;
+			const char *colon = q;
+			while (colon < f && *colon != ':')
+				colon++;
+			const char *v = colon + 1;
+			size_t vn = colon < f ? (size_t)(f - v) : 0;
+			if (prefix(q, (size_t)(f - q), "KIND:")) {
+				kind = v;
+				kindn = vn;
+			} else if (prefix(q, (size_t)(f - q), "PATH:")) {
+				if (vn >= sizeof st.path - 1) {
+					fail("MEMKIND_MEM_TIERS: PATH too long", 0, 0);
+					return -1;
+				}
+				memcpy(st.path, v, vn);
+				st.path[vn] = 0;
+			} else if (prefix(q, (size_t)(f - q), "PMEM_SIZE_LIMIT:")) {
+				if (parse_u(v, vn, limit)) {
+					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT not a byte count: ", t, 0);
+					return -1;
+				}
+			} else if (prefix(q, (size_t)(f - q), "RATIO:")) {
+				if (parse_u(v, vn, &ratio) || ratio == 0 || ratio > 1000) {
+					fail("MEMKIND_MEM_TIERS: RATIO must be 1..1000: ", t, 0);
+					return -1;
+				}
+			} // POLICY and unknown keys: memkind's, not ours
+			q = f < e ? f + 1 : e;
 		}
-	}
-	if (slot < 0)
-		return -1;
-	pmem[slot] = (void *)keep_heap_at_exit;
-	if (kmem[slot])
-		kmem[slot] = (void *)keep_heap_at_exit;
-	return 0;
-}
-
-static const char *kind_name(enum kind k)
-{
-	switch (k) {
-	case K_DRAM:
-		return "DRAM";
-	case K_FS_DAX:
-		return "FS_DAX";
-	default:
-		return "KMEM_DAX";
-	}
-}
-
-static int activate(const struct config *cfg)
-{
-	if (load_memkind() != 0)
-		return -1;
-	struct memtier_builder *b = mk.builder_new(cfg->policy);
-	if (!b) {
-		logf_("memtier_builder_new failed; heap stays on DRAM");
-		return -1;
-	}
-	char desc[512] = "";
-	int fsdax = 0;
-	for (int i = 0; i < cfg->ntiers; i++) {
-		const struct tier *t = &cfg->tier[i];
-		memkind_t kind = NULL;
-		switch (t->kind) {
-		case K_DRAM:
-			kind = *mk.kind_default;
-			break;
-		case K_KMEM_DAX:
-			kind = *mk.kind_dax_kmem;
-			break;
-		case K_FS_DAX: {
-			int err = mk.create_pmem(t->path, t->size_limit, &kind);
-			if (err) {
-				char msg[256];
-				mk.error_message(err, msg, sizeof msg);
-				logf_("FS_DAX tier on %s (limit %zu bytes): %s; heap stays on DRAM", t->path, t->size_limit, msg);
-				mk.builder_delete(b);
+		if (kind) {
+			kinds++;
+			if (kindn == 4 && prefix(kind, kindn, "DRAM"))
+				st.dram_ratio = (unsigned)ratio;
+			else if (kindn == 6 && prefix(kind, kindn, "FS_DAX")) {
+				st.mode = FSDAX;
+				st.pmem_ratio = (unsigned)ratio;
+			} else if (kindn == 8 && prefix(kind, kindn, "KMEM_DAX")) {
+				st.mode = KMEM;
+				st.pmem_ratio = (unsigned)ratio;
+			} else {
+				fail("MEMKIND_MEM_TIERS: KIND must be DRAM, FS_DAX or KMEM_DAX: ", t, 0);
 				return -1;
 			}
-			fsdax = 1;
-			snprintf(fsdax_path, sizeof fsdax_path, "%s", t->path);
-			break;
 		}
-		}
-		if (mk.builder_add_tier(b, kind, t->ratio) != 0) {
-			logf_("cannot add %s tier; heap stays on DRAM", kind_name(t->kind));
-			mk.builder_delete(b);
-			return -1;
-		}
-		size_t l = strlen(desc);
-		snprintf(desc + l, sizeof desc - l, "%s%s%s%s ratio %u", l ? ", " : "", kind_name(t->kind),
-			 t->kind == K_FS_DAX ? " " : "", t->kind == K_FS_DAX ? t->path : "", t->ratio);
+		p = *e ? e + 1 : e;
 	}
-	memory = mk.construct(b);
-	mk.builder_delete(b);
-	if (!memory) {
-		logf_("memtier_builder_construct_memtier_memory failed (for KMEM_DAX: is there a PMEM NUMA node?); "
-		      "heap stays on DRAM");
+	if (st.mode == OFF) {
+		fail("MEMKIND_MEM_TIERS has no FS_DAX or KMEM_DAX tier: ", t, 0);
 		return -1;
 	}
-	fsdax_active = fsdax;
-	logf_("heap tiered: %s%s", desc, fsdax ? "; fork() is refused while the heap is on FS_DAX" : "");
 	return 0;
 }
 
-// Runs before the program's own constructors and main. Allocations made
-// before it (ld.so, libc start-up, other libraries' constructors) went to
-// glibc and were recorded.
-__attribute__((constructor(101))) static void pmem_preload_init(void)
+static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n)
 {
-	read_comm();
-	*(void **)(&glibc_usable_size) = dlvsym(RTLD_NEXT, "malloc_usable_size", "GLIBC_2.2.5");
-	*(void **)(&real__Fork) = dlvsym(RTLD_NEXT, "_Fork", "GLIBC_2.34");
+	struct buf x = {.n = 0};
+	bs(&x, a);
+	bs(&x, b);
+	bu(&x, n);
+	if (x.n >= cap)
+		x.n = cap - 1;
+	memcpy(out, x.b, x.n);
+	out[x.n] = 0;
+}
 
-	const char *tiers = getenv("MEMKIND_MEM_TIERS");
-	const char *targets = getenv("PMEM_TARGET_PROCESSES");
-	if (!targets || !*targets)
-		targets = "redis-server";
-	if (!tiers || !*tiers || !is_target(targets)) {
-		atomic_store_explicit(&state, ST_PLAIN, memory_order_release);
+static int setup_fsdax(unsigned long limit)
+{
+	if (limit == 0)
+		limit = 64UL << 30;
+	limit = (limit + (2UL << 20) - 1) & ~((2UL << 20) - 1);
+	char file[320];
+	join(file, sizeof file, st.path, "/pmem-heap.", (unsigned long)st.pid);
+	sys_unlink(file); // a stale file of an earlier process with our pid
+	int fd = sys_open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		fail("FS_DAX tier: open ", file, fd);
+		return -1;
+	}
+	long r = sc(SYS_ftruncate, fd, limit, 0);
+	sys_unlink(file); // capacity returns to the volume when the process ends, however it ends
+	if (r < 0) {
+		fail("FS_DAX tier: ftruncate ", file, r);
+		sc(SYS_close, fd, 0, 0);
+		return -1;
+	}
+	// 2 MiB-aligned base: the file's huge pages (DAX PMD faults) line up.
+	char *res = sys_mmap(0, limit + (2UL << 20), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (is_err(res)) {
+		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT", 0, (long)res);
+		sc(SYS_close, fd, 0, 0);
+		return -1;
+	}
+	char *base = (char *)(((uintptr_t)res + (2UL << 20) - 1) & ~((2UL << 20) - 1));
+	if (base > res)
+		sc(SYS_munmap, res, base - res, 0);
+	sc(SYS_munmap, base + limit, (res + limit + (2UL << 20)) - (base + limit), 0);
+	st.npages = limit / PAGE;
+	size_t bl = (st.npages / 64 + 1) * 8;
+	uint64_t *bits = sys_mmap(0, bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (is_err(bits)) {
+		fail("FS_DAX tier: bitmap", 0, (long)bits);
+		sc(SYS_munmap, base, limit, 0);
+		sc(SYS_close, fd, 0, 0);
+		return -1;
+	}
+	st.bits = bits;
+	st.fd = fd;
+	st.size = limit;
+	join(st.status, sizeof st.status, st.path, "/pmem-status.", (unsigned long)st.pid);
+	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	st.base = base; // last: from here on the hooks serve from the range
+	return 0;
+}
+
+static unsigned long cpuless_nodes(void)
+{
+	unsigned long m = 0;
+	char p[64], buf[64];
+	for (unsigned n = 0; n < 64; n++) {
+		join(p, sizeof p, "/sys/devices/system/node/node", "", n);
+		struct buf x = {.n = 0};
+		bs(&x, p);
+		bs(&x, "/cpulist");
+		x.b[x.n] = 0;
+		int r = read_file(x.b, buf, sizeof buf);
+		if (r < 0)
+			continue;
+		if (r == 0 || buf[0] == '\n')
+			m |= 1UL << n;
+	}
+	return m;
+}
+
+static int parse_nodes(const char *s, unsigned long *m)
+{
+	*m = 0;
+	while (*s) {
+		const char *c = s;
+		while (*c && *c != ',')
+			c++;
+		unsigned long n;
+		if (parse_u(s, (size_t)(c - s), &n) || n >= 64)
+			return -1;
+		*m |= 1UL << n;
+		s = *c ? c + 1 : c;
+	}
+	return *m ? 0 : -1;
+}
+
+static int setup_kmem(const char *nodes)
+{
+	unsigned long m;
+	if (nodes) {
+		if (parse_nodes(nodes, &m)) {
+			fail("MEMKIND_DAX_KMEM_NODES must be a comma list of node numbers < 64: ", nodes, 0);
+			return -1;
+		}
+	} else if (!(m = cpuless_nodes())) {
+		fail("KMEM_DAX tier: no CPU-less (PMEM) NUMA node in /sys/devices/system/node", 0, 0);
+		return -1;
+	}
+	st.nodes_pmem = m;
+	long r;
+	if (st.dram_ratio) {
+		// Weighted interleave (Linux 6.9+) uses the system's per-node weights
+		// (/sys/kernel/mm/mempolicy/weighted_interleave); the webhook's
+		// ratio is not enforced per process. Older kernels: prefer PMEM.
+		unsigned long all = m;
+		for (unsigned n = 0; n < 64; n++) {
+			char p[64], buf[8];
+			join(p, sizeof p, "/sys/devices/system/node/node", "", n);
+			struct buf x = {.n = 0};
+			bs(&x, p);
+			bs(&x, "/cpulist");
+			x.b[x.n] = 0;
+			if (read_file(x.b, buf, sizeof buf) > 0 && buf[0] != '\n')
+				all |= 1UL << n;
+		}
+		r = sc(SYS_set_mempolicy, MPOL_WEIGHTED_INTERLEAVE, &all, 65);
+		if (r < 0)
+			r = sc(SYS_set_mempolicy, MPOL_PREFERRED_MANY, &m, 65);
+	} else {
+		r = sc(SYS_set_mempolicy, MPOL_BIND, &m, 65);
+	}
+	if (r < 0) {
+		fail("KMEM_DAX tier: set_mempolicy", 0, r);
+		return -1;
+	}
+	return 0;
+}
+
+__attribute__((constructor)) static void init(void)
+{
+	static char environ[32768];
+	st.fd = -1;
+	st.status_fd = -1;
+	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
+	int n = read_file("/proc/self/comm", st.comm, sizeof st.comm);
+	if (n <= 0)
+		return;
+	if (st.comm[n - 1] == '\n')
+		st.comm[n - 1] = 0;
+	int en = read_file("/proc/self/environ", environ, sizeof environ);
+	if (en <= 0)
+		return;
+	const char *targets = env(environ, en, "PMEM_TARGET_PROCESSES");
+	if (!targets)
+		targets = "redis-server,valkey-server";
+	if (!listed(targets, st.comm))
+		return;
+	const char *tiers = env(environ, en, "MEMKIND_MEM_TIERS");
+	if (!tiers)
+		return; // not configured: nothing to say
+	unsigned long limit = 0;
+	if (parse_tiers(tiers, &limit)) {
+		st.mode = OFF;
 		return;
 	}
-	struct config cfg;
-	char err[256];
-	if (parse_tiers(tiers, &cfg, err, sizeof err) != 0) {
-		logf_("MEMKIND_MEM_TIERS=%.200s: %s; heap stays on DRAM", tiers, err);
-		atomic_store_explicit(&state, ST_PLAIN, memory_order_release);
+	int mode = st.mode;
+	st.mode = OFF; // hooks stay inert until setup is complete
+	if (mode == FSDAX) {
+		if (!st.path[0]) {
+			fail("MEMKIND_MEM_TIERS: FS_DAX tier without PATH: ", tiers, 0);
+			return;
+		}
+		if (setup_fsdax(limit))
+			return;
+	} else if (setup_kmem(env(environ, en, "MEMKIND_DAX_KMEM_NODES"))) {
 		return;
 	}
-	// Still undecided while memkind loads: its allocations go to glibc and
-	// are recorded.
-	pthread_atfork(ftab_prefork, ftab_postfork, ftab_postfork);
-	if (activate(&cfg) != 0) {
-		fsdax_active = 0;
-		atomic_store_explicit(&state, ST_PLAIN, memory_order_release);
-		return;
+	if (__register_atfork)
+		__register_atfork(fork_prepare, fork_parent, fork_child, 0);
+	else if (pthread_atfork)
+		pthread_atfork(fork_prepare, fork_parent, fork_child);
+	struct buf b = {.n = 0};
+	logp(&b);
+	if (mode == FSDAX) {
+		bs(&b, "heap on FS_DAX PMEM: anonymous mappings from ");
+		bs(&b, st.path);
+		bs(&b, "/pmem-heap.");
+		bu(&b, (unsigned long)st.pid);
+		bs(&b, " (unlinked), limit ");
+		bu(&b, st.size);
+		bs(&b, " bytes");
+		if (st.dram_ratio) {
+			bs(&b, ", DRAM:PMEM ratio ");
+			bu(&b, st.dram_ratio);
+			bs(&b, ":");
+			bu(&b, st.pmem_ratio);
+		}
+		bs(&b, "; status in ");
+		bs(&b, st.status);
+	} else {
+		bs(&b, st.dram_ratio ? "heap on KMEM_DAX: set_mempolicy interleave DRAM+PMEM nodes, PMEM nodes mask "
+				     : "heap on KMEM_DAX: set_mempolicy MPOL_BIND to PMEM nodes mask ");
+		bu(&b, st.nodes_pmem);
 	}
-	atomic_store_explicit(&state, ST_TIERED, memory_order_release);
+	logline(&b);
+	st.mode = mode;
+	if (mode == FSDAX) {
+		lock();
+		write_status();
+		unlock();
+	}
 }
