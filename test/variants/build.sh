@@ -157,9 +157,7 @@ musl_include() {
 build_musl() {
   local src ver b t inc start=$SECONDS
   src="$(redis_source)"; ver="$(basename "$src")"
-  if up_to_date redis-musl "$ver" && { [[ " ${wanted[*]} " != *" static "* ]] || up_to_date static "$ver"; }; then
-    log "redis-musl ($ver) present, reusing"; return
-  fi
+  if up_to_date redis-musl "$ver"; then log "redis-musl ($ver) present, reusing"; return; fi
   apt_install musl-tools gcc make linux-libc-dev
   inc="$(musl_include)"
   log "building redis-musl from $ver (musl-gcc, bundled jemalloc) ..."
@@ -173,7 +171,7 @@ build_musl() {
   # "every other process of an Alpine container" (it allocates, then prints).
   musl-gcc -O2 -Wall -o "$t/musl-probe" "$here/probe.c"
   finish redis-musl "$ver" "$t" $((SECONDS - start))
-  # The static row relinks the same objects; keep the tree until it has.
+  # The tree stays: the static variant relinks its objects.
 }
 
 build_static() {
@@ -193,7 +191,7 @@ build_static() {
   make -C "$b/src" -j2 "CC=musl-gcc -static" "CFLAGS=-isystem $(musl_include)" \
     JEMALLOC_CONFIGURE_OPTS=--disable-cxx MALLOC=jemalloc USE_SYSTEMD=no BUILD_TLS=no \
     redis-server redis-cli >"$out/build/static.log" 2>&1 || { tail -30 "$out/build/static.log"; exit 1; }
-  if file "$b/src/redis-server" | grep -q dynamic; then
+  if readelf -l "$b/src/redis-server" | grep -q INTERP; then
     echo "variants: static redis-server is dynamically linked" >&2; exit 1
   fi
   t="$out/.static.tmp"; rm -rf "$t"; mkdir -p "$t"
