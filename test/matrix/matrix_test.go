@@ -97,6 +97,7 @@ type result struct {
 	share        float64
 	measured     bool
 	shutdownNote string
+	toolsNote    string // "ok" or how many of the image's tools failed
 }
 
 var (
@@ -129,13 +130,13 @@ func printTable(t *testing.T) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-16s %14s %14s %7s  %s\n", "row", "Rss on PMEM kB", "anon Rss kB", "share", "shutdown")
+	fmt.Fprintf(&b, "\n%-16s %14s %14s %7s  %-10s %s\n", "row", "Rss on PMEM kB", "anon Rss kB", "share", "tools", "server")
 	for _, r := range results {
 		share := "-"
 		if r.measured {
 			share = fmt.Sprintf("%.1f%%", 100*r.share)
 		}
-		fmt.Fprintf(&b, "%-16s %14d %14d %7s  %s\n", r.row, r.pmemKB, r.anonKB, share, r.shutdownNote)
+		fmt.Fprintf(&b, "%-16s %14d %14d %7s  %-10s %s\n", r.row, r.pmemKB, r.anonKB, share, r.toolsNote, r.shutdownNote)
 	}
 	t.Log(b.String())
 }
@@ -319,6 +320,7 @@ func runRow(t *testing.T, bin, closure string, r row) {
 
 	// The image's other processes, under the same env: each must exit 0
 	// with the right output (LD_PRELOAD is container-wide).
+	toolsNote := "ok"
 	t.Run("tools", func(t *testing.T) {
 		tools := []toolCase{
 			{"shell", []string{"/bin/sh", "-c", "x=pmem; echo \"sh $x\""}, "", "sh pmem\n"},
@@ -333,6 +335,12 @@ func runRow(t *testing.T, bin, closure string, r row) {
 		if r.probe != "" {
 			tools = append(tools, toolCase{r.probe, []string{resolve(r.probe), "x"}, "", "probe ok x\n"})
 		}
+		failed := 0
+		defer func() {
+			if failed > 0 {
+				toolsNote = fmt.Sprintf("%d/%d fail", failed, len(tools))
+			}
+		}()
 		for _, tc := range tools {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			cmd := s.command(ctx, tc.argv...)
@@ -342,6 +350,7 @@ func runRow(t *testing.T, bin, closure string, r row) {
 			out, err := cmd.Output()
 			cancel()
 			if err != nil || string(out) != tc.want {
+				failed++
 				t.Errorf("%s %q under the injected env: %v, stdout %q (want %q), stderr %q", tc.name, tc.argv, err, out, tc.want, stderr.String())
 			}
 		}
@@ -353,9 +362,12 @@ func runRow(t *testing.T, bin, closure string, r row) {
 	plain := *s
 	plain.env = nil
 	if !t.Run("baseline", func(t *testing.T) { serve(t, r, &plain, server, cli, false) }) {
+		record(result{row: r.name, toolsNote: toolsNote, shutdownNote: "baseline (no env) fails"})
 		t.Fatalf("%s does not work without the injected env either: the variant or the harness is broken", r.name)
 	}
-	record(serve(t, r, s, server, cli, true))
+	res := serve(t, r, s, server, cli, true)
+	res.toolsNote = toolsNote
+	record(res)
 }
 
 // serve starts the row's server through its entrypoint under s's env,
