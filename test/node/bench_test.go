@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,23 +55,29 @@ func TestBenchRedis(t *testing.T) {
 	fsdax := admit(t, patch.ModeFSDAX, pmemBase)
 	kmem := admit(t, patch.ModeKMEM, "")
 	modes := []benchMode{{"DRAM", nil}, {"FS_DAX", fsdax.Env}, {"KMEM_DAX", kmem.Env}}
+	servers := benchServers(t)
 
-	// results[size][op][mode] = rps per round
-	results := map[int]map[string]map[string][]float64{}
+	// results[size][op][server][mode] = rps per round
+	results := map[int]map[string]map[string]map[string][]float64{}
 	start := time.Now()
 	for r := 0; r < rounds; r++ {
 		for _, bc := range benchCases {
-			for i := range modes {
-				m := modes[(i+r)%len(modes)] // rotate the order every round
-				rps := runBenchmark(t, m, bc)
-				for op, v := range rps {
-					if results[bc.size] == nil {
-						results[bc.size] = map[string]map[string][]float64{}
+			for _, srv := range servers {
+				for i := range modes {
+					m := modes[(i+r)%len(modes)] // rotate the order every round
+					rps := runBenchmark(t, srv.path, m, bc)
+					for op, v := range rps {
+						if results[bc.size] == nil {
+							results[bc.size] = map[string]map[string]map[string][]float64{}
+						}
+						if results[bc.size][op] == nil {
+							results[bc.size][op] = map[string]map[string][]float64{}
+						}
+						if results[bc.size][op][srv.name] == nil {
+							results[bc.size][op][srv.name] = map[string][]float64{}
+						}
+						results[bc.size][op][srv.name][m.name] = append(results[bc.size][op][srv.name][m.name], v)
 					}
-					if results[bc.size][op] == nil {
-						results[bc.size][op] = map[string][]float64{}
-					}
-					results[bc.size][op][m.name] = append(results[bc.size][op][m.name], v)
 				}
 			}
 		}
@@ -78,22 +85,27 @@ func TestBenchRedis(t *testing.T) {
 	}
 
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "redis-benchmark -c 50 -t set,get, requests/s: median of %d interleaved rounds [min-max] (ratio to DRAM)\n", rounds)
-	fmt.Fprintf(&b, "%-7s %-4s %-26s %-34s %-34s\n", "-d", "op", "DRAM", "FS_DAX", "KMEM_DAX")
+	fmt.Fprintf(&b, "redis-benchmark -c 50 -t set,get, requests/s: median of %d interleaved rounds [min-max] (ratio to the same server on DRAM)\n", rounds)
+	for _, srv := range servers {
+		fmt.Fprintf(&b, "server %s: %s\n", srv.name, srv.path)
+	}
+	fmt.Fprintf(&b, "%-7s %-4s %-9s %-26s %-34s %-34s\n", "-d", "op", "server", "DRAM", "FS_DAX", "KMEM_DAX")
 	for _, bc := range benchCases {
 		for _, op := range []string{"SET", "GET"} {
-			byMode := results[bc.size][op]
-			base := median(byMode["DRAM"])
-			fmt.Fprintf(&b, "%-7d %-4s", bc.size, op)
-			for _, m := range modes {
-				v := byMode[m.name]
-				cell := fmt.Sprintf("%.0f [%.0f-%.0f]", median(v), minOf(v), maxOf(v))
-				if m.name != "DRAM" {
-					cell += fmt.Sprintf(" (%.2f)", median(v)/base)
+			for _, srv := range servers {
+				byMode := results[bc.size][op][srv.name]
+				base := median(byMode["DRAM"])
+				fmt.Fprintf(&b, "%-7d %-4s %-9s", bc.size, op, srv.name)
+				for _, m := range modes {
+					v := byMode[m.name]
+					cell := fmt.Sprintf("%.0f [%.0f-%.0f]", median(v), minOf(v), maxOf(v))
+					if m.name != "DRAM" {
+						cell += fmt.Sprintf(" (%.2f)", median(v)/base)
+					}
+					fmt.Fprintf(&b, " %-*s", map[bool]int{true: 26, false: 34}[m.name == "DRAM"], cell)
 				}
-				fmt.Fprintf(&b, " %-*s", map[bool]int{true: 26, false: 34}[m.name == "DRAM"], cell)
+				fmt.Fprintln(&b)
 			}
-			fmt.Fprintln(&b)
 		}
 	}
 	fmt.Fprintf(&b, "total %s\n", time.Since(start).Round(time.Second))
@@ -105,11 +117,32 @@ func TestBenchRedis(t *testing.T) {
 	}
 }
 
+// benchServer is one Redis build under test.
+type benchServer struct{ name, path string }
+
+// benchServers is Debian's redis-server and, when `make variants` has built
+// it, the official-image build (bundled static jemalloc): the two allocator
+// shapes the preload must serve. PMEM_BENCH_OFFICIAL overrides its path.
+func benchServers(t *testing.T) []benchServer {
+	servers := []benchServer{{"debian", "redis-server"}}
+	official := os.Getenv("PMEM_BENCH_OFFICIAL")
+	if official == "" {
+		official = "../../bin/variants/redis-official/redis-server"
+	}
+	if abs, err := filepath.Abs(official); err == nil {
+		if _, err := os.Stat(abs); err == nil {
+			return append(servers, benchServer{"official", abs})
+		}
+	}
+	t.Logf("no official-image build at %s (make variants): benchmarking Debian's redis-server only", official)
+	return servers
+}
+
 // runBenchmark starts a fresh server for mode m and runs SET then GET.
-func runBenchmark(t *testing.T, m benchMode, bc benchCase) map[string]float64 {
+func runBenchmark(t *testing.T, server string, m benchMode, bc benchCase) map[string]float64 {
 	t.Helper()
 	port, _, args := redisArgs(t, "--save", "", "--appendonly", "no")
-	s := startRedis(t, m.env, append([]string{"redis-server"}, args...)...)
+	s := startRedis(t, m.env, append([]string{server}, args...)...)
 	c := s.waitReady(t, port)
 	c.Close()
 	defer s.Stop()
