@@ -562,11 +562,13 @@ func (in *injection) plan() error {
 		for _, t := range in.targets {
 			c := t.of(spec)
 			if runsForkingRedis(c, in.processes) {
-				in.warn("container %q: an fsdax heap can't survive fork(), so the preload refuses fork(): BGSAVE, AOF rewrite and replica sync fail; "+
-					"with save points on, writes get MISCONF. Use --save '' --appendonly no, or %s: kmem", c.Name, AnnotationMode)
+				// Forks are safe (the preload remaps the heap copy-on-write
+				// for the child's life), but not free: say what it costs.
+				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replica sync); on fsdax, pages written during a save are copied to DRAM "+
+					"and written back when it ends, and memory allocated meanwhile stays on DRAM: size the memory limit for it (docs/node.md)", c.Name)
 			}
 			if daemonizes(c) {
-				in.warn("container %q runs redis-server with --daemonize yes: daemonizing forks, which the fsdax preload refuses, so Redis would exit; run it in the foreground", c.Name)
+				in.warn("container %q runs redis-server with --daemonize yes: the daemon is a forked child, whose heap the fsdax preload keeps off the shared PMEM file, so it runs on DRAM; run Redis in the foreground", c.Name)
 			}
 		}
 	}

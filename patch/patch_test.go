@@ -63,14 +63,14 @@ func TestApplyGolden(t *testing.T) {
 		wantWarnings []string
 	}{
 		{name: "redis-single", decision: Injected},
-		{name: "redis-exporter", decision: Injected, wantWarnings: []string{`container "redis": an fsdax heap can't survive fork()`}},
+		{name: "redis-exporter", decision: Injected, wantWarnings: []string{`container "redis": Redis forks to save`}},
 		{name: "existing-ldpreload", decision: Injected, wantWarnings: []string{`already sets LD_PRELOAD="/usr/lib/libtrace.so"`}},
 		{name: "claim", decision: Injected},
 		{name: "kmem", decision: Injected, wantWarnings: []string{`added nodeSelector pmem.alibabacloud.com/kmem="true"`}},
-		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"refuses fork()"}},
+		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"written back when it ends"}},
 		{name: "forking-redis", decision: Injected, wantWarnings: []string{
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,
-			`container "redis": an fsdax heap`, "refuses fork()", "MISCONF"}},
+			`container "redis": Redis forks to save`, "memory allocated meanwhile stays on DRAM"}},
 		{name: "envfrom-ldpreload", decision: Injected, wantWarnings: []string{`container "redis": envFrom configMapRef "redis-runtime-env" may set LD_PRELOAD`, "set LD_PRELOAD in env instead"}},
 		{name: "native-sidecar-redis", decision: Injected},
 		{name: "native-sidecar-after-init", decision: Injected, wantWarnings: []string{`container "cache" already sets LD_PRELOAD`}},

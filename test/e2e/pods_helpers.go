@@ -46,7 +46,7 @@ const (
 )
 
 // debianRedis is a Redis container of the Debian image, as deploy/examples/redis-pmem.yaml
-// runs it: no forking persistence (fsdax refuses fork), a readiness probe on the port.
+// runs it: a cache (no RDB or AOF), a readiness probe on the port.
 func debianRedis(penv *PodEnv, memory string) corev1.Container {
 	return corev1.Container{
 		Name:            "redis",
