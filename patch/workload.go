@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -83,7 +84,7 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 	// A ReplicaSet of a Deployment or a Job of a CronJob gets its template
 	// from its owner, where the rule already ran; changing it here would
 	// make the owner's controller no longer recognise its own child.
-	if refs, _ := mapAt(obj, "metadata")["ownerReferences"].([]any); len(refs) > 0 {
+	if refs, _ := NestedObject(obj, "metadata")["ownerReferences"].([]any); len(refs) > 0 {
 		for _, r := range refs {
 			if c, _ := asMap(r)["controller"].(bool); c {
 				return res, nil
@@ -92,7 +93,7 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 	}
 
 	own := map[string]string{}
-	for k, v := range stringMap(mapAt(obj, "metadata"), "annotations") {
+	for k, v := range stringMap(NestedObject(obj, "metadata"), "annotations") {
 		// The status and bookkeeping keys describe a template, never a
 		// workload: copying them would mark pods injected or lie about
 		// ownership.
@@ -101,7 +102,7 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 		}
 	}
 
-	tmpl := mapAt(obj, path...)
+	tmpl := NestedObject(obj, path...)
 	if tmpl == nil {
 		if len(own) == 0 {
 			return res, nil
@@ -169,7 +170,7 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 		}
 	}
 
-	if sameStringMap(current, want) {
+	if maps.Equal(current, want) {
 		return res, nil
 	}
 	res.Changed = true
@@ -236,9 +237,9 @@ func TemplatePod(obj map[string]any, kind string, tmpl map[string]any) (*corev1.
 	if kind != "StatefulSet" {
 		return pod, nil
 	}
-	claims, _ := mapAt(obj, "spec")["volumeClaimTemplates"].([]any)
+	claims, _ := NestedObject(obj, "spec")["volumeClaimTemplates"].([]any)
 	for _, c := range claims {
-		name, _ := mapAt(asMap(c), "metadata")["name"].(string)
+		name, _ := NestedObject(asMap(c), "metadata")["name"].(string)
 		if name == "" {
 			continue
 		}
@@ -255,8 +256,9 @@ func asMap(v any) map[string]any {
 	return m
 }
 
-// mapAt walks nested objects; nil when any step is missing or not an object.
-func mapAt(obj map[string]any, path ...string) map[string]any {
+// NestedObject walks nested JSON objects (as decoded into map[string]any);
+// nil when any step is missing or not an object.
+func NestedObject(obj map[string]any, path ...string) map[string]any {
 	cur := obj
 	for _, k := range path {
 		if cur == nil {
@@ -279,16 +281,4 @@ func stringMap(obj map[string]any, key string) map[string]string {
 		}
 	}
 	return out
-}
-
-func sameStringMap(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }

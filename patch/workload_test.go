@@ -60,7 +60,7 @@ func templateAnnotations(obj map[string]any) map[string]string {
 	if !ok {
 		path = []string{"spec", "template"}
 	}
-	return stringMap(mapAt(obj, append(path, "metadata")...), "annotations")
+	return stringMap(NestedObject(obj, append(path, "metadata")...), "annotations")
 }
 
 func TestApplyWorkload(t *testing.T) {
@@ -182,7 +182,7 @@ func TestApplyWorkloadClaimTemplateCountsAsVolume(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error = %v, want %q", err, want)
 	}
-	pod, perr := TemplatePod(obj, "StatefulSet", mapAt(obj, "spec", "template"))
+	pod, perr := TemplatePod(obj, "StatefulSet", NestedObject(obj, "spec", "template"))
 	if perr != nil {
 		t.Fatal(perr)
 	}

@@ -83,7 +83,7 @@ func diffContainer(ops []jsonpatch.Operation, base string, o, m *corev1.Containe
 // diffMap adds the whole map when the original has none (a JSON pointer
 // cannot address a key of an absent object), else one op per changed key.
 func diffMap(ops []jsonpatch.Operation, path string, orig, mut map[string]string) []jsonpatch.Operation {
-	if len(mut) == 0 || sameMap(orig, mut) {
+	if len(mut) == 0 || maps.Equal(orig, mut) {
 		return ops
 	}
 	if orig == nil {
@@ -131,18 +131,6 @@ func diffEnv(ops []jsonpatch.Operation, path string, orig, mut []corev1.EnvVar) 
 		}
 	}
 	return appendOnly(ops, path, orig, mut)
-}
-
-func sameMap(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // escape encodes a map key as a JSON pointer token (RFC 6901).

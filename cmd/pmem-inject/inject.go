@@ -139,7 +139,7 @@ func decodeObject(js []byte) (map[string]any, error) {
 // for every pod created from it). where locates it for messages.
 func (in *injector) object(obj map[string]any, where string) (bool, error) {
 	kind, _ := obj["kind"].(string)
-	name, _ := mapAt(obj, "metadata")["name"].(string)
+	name, _ := patch.NestedObject(obj, "metadata")["name"].(string)
 	header := fmt.Sprintf("%s %s %s", kind, name, where)
 
 	if kind == "List" || strings.HasSuffix(kind, "List") && obj["items"] != nil {
@@ -172,11 +172,11 @@ func (in *injector) object(obj map[string]any, where string) (bool, error) {
 		// creation, so offline injects the template the same way; the
 		// workload rule (annotations on the object's own metadata) is
 		// only for the built-in kinds, which the user should know.
-		tmpl := mapAt(obj, "spec", "template")
-		if tmpl == nil || mapAt(tmpl, "spec")["containers"] == nil {
+		tmpl := patch.NestedObject(obj, "spec", "template")
+		if tmpl == nil || patch.NestedObject(tmpl, "spec")["containers"] == nil {
 			return false, nil
 		}
-		for k := range stringKeys(mapAt(obj, "metadata"), "annotations") {
+		for k := range stringKeys(patch.NestedObject(obj, "metadata"), "annotations") {
 			if strings.HasPrefix(k, patch.Prefix) {
 				fmt.Fprintf(in.warnings, "warning: %s: annotation %s on the %s's own metadata is not copied to its pod template (only built-in workload kinds are); put it on spec.template.metadata.annotations\n", header, k, kind)
 			}
@@ -195,7 +195,7 @@ func (in *injector) object(obj map[string]any, where string) (bool, error) {
 	for _, w := range res.Warnings {
 		fmt.Fprintf(in.warnings, "warning: %s: %s\n", header, w)
 	}
-	tmpl := mapAt(obj, path...)
+	tmpl := patch.NestedObject(obj, path...)
 	if tmpl == nil {
 		return res.Changed, nil
 	}
@@ -265,17 +265,6 @@ func (in *injector) template(tmpl map[string]any, header string, owner map[strin
 		tmpl[k] = v
 	}
 	return true, nil
-}
-
-func mapAt(obj map[string]any, path ...string) map[string]any {
-	cur := obj
-	for _, k := range path {
-		if cur == nil {
-			return nil
-		}
-		cur, _ = cur[k].(map[string]any)
-	}
-	return cur
 }
 
 func stringKeys(obj map[string]any, key string) map[string]bool {

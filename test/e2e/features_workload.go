@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -84,7 +85,7 @@ func WorkloadAnnotateDeployment(env *Env) e2etypes.Feature {
 				t.Fatal(err)
 			}
 			want := map[string]string{patch.AnnotationDirect: "true", patch.AnnotationFromWorkload: "direct"}
-			if got := pmemKeys(d.Spec.Template.Annotations); !mapsEqual(got, want) || d.Spec.Template.Annotations["prometheus.io/scrape"] != "true" {
+			if got := pmemKeys(d.Spec.Template.Annotations); !maps.Equal(got, want) || d.Spec.Template.Annotations["prometheus.io/scrape"] != "true" {
 				t.Fatalf("template annotations %v, want %v plus the user's own", d.Spec.Template.Annotations, want)
 			}
 			waitAllPods(ctx, t, c, ns, name, "every pod injected", injected)
@@ -131,18 +132,6 @@ func waitAllPods(ctx context.Context, t *testing.T, c client.Client, ns, app, wh
 		}
 		return true, nil
 	})
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // WorkloadAnnotateStatefulSet: the same for a StatefulSet; its pod is
