@@ -3,6 +3,7 @@ package patch
 import (
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -38,12 +39,16 @@ type Config struct {
 // Default values of Config; the server's flags and the offline injector
 // start from these.
 const (
-	DefaultMemkindImage  = "pmem-webhook/memkind:dev"
-	DefaultStorageClass  = "csi-pmem-direct"
-	DefaultSizeFactor    = 2.0
-	DefaultLibDir        = "/opt/pmem-memkind"
-	DefaultTargetProcess = "redis-server"
+	DefaultMemkindImage = "pmem-webhook/memkind:dev"
+	DefaultStorageClass = "csi-pmem-direct"
+	DefaultSizeFactor   = 2.0
+	DefaultLibDir       = "/opt/pmem-memkind"
 )
+
+// DefaultTargetProcesses are the programs whose heap moves when neither the
+// pod nor the admin names others: Redis and its fork Valkey (the preload has
+// the same default).
+var DefaultTargetProcesses = []string{"redis-server", "valkey-server"}
 
 // DefaultConfig returns the configuration used when nothing is set.
 func DefaultConfig() Config {
@@ -54,7 +59,7 @@ func DefaultConfig() Config {
 		SizeFactor:            DefaultSizeFactor,
 		LibDir:                DefaultLibDir,
 		KMEMNodeSelector:      map[string]string{},
-		TargetProcesses:       []string{DefaultTargetProcess},
+		TargetProcesses:       slices.Clone(DefaultTargetProcesses),
 	}
 }
 

@@ -348,7 +348,7 @@ func TestForkWarning(t *testing.T) {
 			c := corev1.Container{Image: tc.image, Command: tc.command, Args: tc.args}
 			procs := tc.processes
 			if procs == nil {
-				procs = []string{DefaultTargetProcess}
+				procs = DefaultTargetProcesses
 			}
 			if got := runsForkingRedis(&c, procs); got != tc.want {
 				t.Errorf("runsForkingRedis = %v, want %v", got, tc.want)
