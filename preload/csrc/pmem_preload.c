@@ -1174,8 +1174,6 @@ static void fail(const char *what, const char *val, long err)
 	if (err) {
 		bs(&b, ": errno ");
 		bu(&b, (unsigned long)-err);
-		if (err == -13)
-			bs(&b, " (permission denied: the volume root must be writable by this uid)");
 	}
 	bs(&b, "; heap stays on DRAM");
 	logline(&b);
