@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -278,5 +279,98 @@ func TestMusl(t *testing.T) {
 		if !strings.Contains(stderr.String(), tc.wantLog) {
 			t.Errorf("%s: stderr lacks %q: %s", tc.mode, tc.wantLog, stderr.String())
 		}
+	}
+}
+
+// TestHeapDirForDroppedUID is the official image's entrypoint: it starts as
+// root and drops to uid 999 with gosu (which resets supplementary groups, so
+// fsGroup does not reach the server) on a volume whose root is root:root
+// 0755. A root process under the env makes PATH/heap 01777; the target, which
+// cannot create its heap file in PATH, then uses PATH/heap.
+func TestHeapDirForDroppedUID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a root-owned volume and a process of another uid")
+	}
+	libDir, prog := setup(t)
+	// Everything uid 999 runs or reads must be reachable: t.TempDir is 0700.
+	base, err := os.MkdirTemp("", "pmem-heapdir-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	pmem := filepath.Join(base, "pmem")
+	if err := os.Mkdir(pmem, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{base, pmem} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{filepath.Join(libDir, FileName), prog} {
+		if out, err := exec.Command("cp", f, base).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
+	}
+	lib, prog := filepath.Join(base, FileName), filepath.Join(base, filepath.Base(prog))
+	env := []string{"LD_PRELOAD=" + lib, "PATH=/usr/bin:/bin", "PMEM_TARGET_PROCESSES=semantics",
+		"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+	run := func(uid uint32, argv ...string) (stdout, stderr string, pid int) {
+		t.Helper()
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = env
+		cmd.Dir = base
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		var e strings.Builder
+		cmd.Stderr = &e
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%q as uid %d: %v\nstdout: %s\nstderr: %s", argv, uid, err, out, e.String())
+		}
+		return string(out), e.String(), cmd.Process.Pid
+	}
+
+	// Without the heap dir: DRAM, and the line names both paths it tried.
+	out, log, pid := run(999, prog, "fallback")
+	p := strconv.Itoa(pid)
+	want := "FS_DAX tier: open " + pmem + "/pmem-heap." + p + ": errno 13, and open " + pmem + "/heap/pmem-heap." + p + ": errno 2"
+	if !strings.HasPrefix(out, "PASS ") || !strings.Contains(log, want) || !strings.Contains(log, "heap stays on DRAM") {
+		t.Errorf("uid 999 without PATH/heap: stdout %q, stderr lacks %q:\n%s", out, want, log)
+	}
+
+	// A root process that is not a target (the entrypoint shell): silent,
+	// and PATH/heap is root-owned 01777. The volume root is unchanged.
+	if _, log, _ = run(0, "/bin/sh", "-c", "true"); log != "" {
+		t.Errorf("root non-target process must be silent, stderr: %s", log)
+	}
+	fi, err := os.Stat(filepath.Join(pmem, "heap"))
+	if err != nil {
+		t.Fatalf("root process under the env did not make PATH/heap: %v", err)
+	}
+	if m := fi.Mode(); m&os.ModePerm != 0o777 || m&os.ModeSticky == 0 || !m.IsDir() {
+		t.Errorf("PATH/heap mode %v, want drwxrwxrwt", m)
+	}
+	if s := fi.Sys().(*syscall.Stat_t); s.Uid != 0 {
+		t.Errorf("PATH/heap owned by uid %d, want 0", s.Uid)
+	}
+	if fi, _ := os.Stat(pmem); fi.Mode().Perm() != 0o755 {
+		t.Errorf("volume root mode changed to %v", fi.Mode())
+	}
+	// A second root process leaves it alone (EEXIST), still silent.
+	if _, log, _ = run(0, "/bin/sh", "-c", "true"); log != "" {
+		t.Errorf("second root process, stderr: %s", log)
+	}
+
+	// The dropped target: heap in PATH/heap, the log line and the status
+	// file say so, and the status file is beside the heap file.
+	heap := filepath.Join(pmem, "heap")
+	out, log, pid = run(999, prog, "fsdax", heap)
+	want = "heap on FS_DAX PMEM: anonymous mappings from " + heap + "/pmem-heap." + strconv.Itoa(pid)
+	if !strings.HasPrefix(out, "PASS ") || !strings.Contains(log, want) {
+		t.Errorf("uid 999 with PATH/heap: stdout %q, stderr lacks %q:\n%s", out, want, log)
+	}
+	st := readStatus(t, heap, pid)
+	if st["path"] != heap || st["mode"] != "fsdax" {
+		t.Errorf("status path=%q mode=%q, want %s, fsdax", st["path"], st["mode"], heap)
 	}
 }

@@ -67,6 +67,7 @@ enum {
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
+	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -86,6 +87,7 @@ enum {
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
 	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
+	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -141,6 +143,10 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define EAGAIN 11
 #define ENOMEM 12
 #define EINVAL 22
+#define EPERM 1
+#define EACCES 13
+#define EROFS 30
+#define O_NOFOLLOW 0400000
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -268,7 +274,8 @@ enum mode { OFF, FSDAX, KMEM };
 static struct {
 	int mode;
 	char comm[17];
-	char path[256];   // FS_DAX dir
+	char path[256];   // FS_DAX dir (PATH)
+	char dir[264];    // where the heap file went: PATH or PATH/heap
 	char status[320]; // status file path
 	char why[200];    // why not placed, if so
 	int fd;           // heap file
@@ -340,7 +347,7 @@ static void write_status(void)
 	bs(&b, "\nmechanism=");
 	bs(&b, st.mode == FSDAX ? "page-level mmap from file" : "set_mempolicy");
 	bs(&b, "\npath=");
-	bs(&b, st.path);
+	bs(&b, st.dir);
 	bs(&b, "\nlimit_bytes=");
 	bu(&b, st.size);
 	bs(&b, "\nbytes_mapped_pmem=");
@@ -1167,8 +1174,6 @@ static void fail(const char *what, const char *val, long err)
 	if (err) {
 		bs(&b, ": errno ");
 		bu(&b, (unsigned long)-err);
-		if (err == -13)
-			bs(&b, " (permission denied: the volume root must be writable by this uid)");
 	}
 	bs(&b, "; heap stays on DRAM");
 	logline(&b);
@@ -1256,18 +1261,111 @@ static void join(char *out, size_t cap, const char *a, const char *b, unsigned l
 	out[x.n] = 0;
 }
 
+// open_heap creates DIR/pmem-heap.<pid> (path into file) and returns its fd
+// or -errno.
+static int open_heap(const char *dir, char *file, size_t cap)
+{
+	join(file, cap, dir, "/pmem-heap.", (unsigned long)st.pid);
+	sys_unlink(file); // a stale file of an earlier process with our pid
+	return sys_open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+}
+
+// prepare_heap_dir runs in a process with euid 0 (an entrypoint shell, gosu:
+// not target processes, but they load the preload too) whose env configures
+// an FS_DAX PATH. It makes PATH/heap with mode 01777, like /tmp: every uid
+// can create its own heap file there and nobody can remove another's. This is
+// what lets a server that an entrypoint drops to another uid (gosu resets
+// supplementary groups, so fsGroup does not reach it) use a volume whose root
+// is root:root 0755, without the volume root itself becoming writable.
+// Silent and best effort: EEXIST (done before, by us or anyone) or any error
+// leaves things as they are; the target then says what it found.
+static void prepare_heap_dir(const char *environ, int en)
+{
+	const char *tiers = env(environ, en, "MEMKIND_MEM_TIERS");
+	if (!tiers)
+		return;
+	// The FS_DAX tier's PATH:, found without parse_tiers (which logs and
+	// fills st: this process is not a target).
+	for (const char *p = tiers; *p;) {
+		const char *e = p;
+		while (*e && *e != ';')
+			e++;
+		int fsdax = 0;
+		const char *path = 0;
+		size_t pn = 0;
+		for (const char *q = p; q < e;) {
+			const char *f = q;
+			while (f < e && *f != ',')
+				f++;
+			if ((size_t)(f - q) == 11 && prefix(q, 11, "KIND:FS_DAX"))
+				fsdax = 1;
+			else if (prefix(q, (size_t)(f - q), "PATH:")) {
+				path = q + 5;
+				pn = (size_t)(f - path);
+			}
+			q = f < e ? f + 1 : e;
+		}
+		if (fsdax && path && pn > 0 && pn < sizeof st.path - 1) {
+			char d[sizeof st.path + 8];
+			memcpy(d, path, pn);
+			memcpy(d + pn, "/heap", 6);
+			if (sc6(SYS_mkdirat, AT_FDCWD, (long)d, 01777, 0, 0, 0) != 0)
+				return; // EEXIST: made before; never chmod what we did not make
+			// The umask cut the mode; set it on the directory we just
+			// made, by fd and without following a symlink, so that a
+			// swap between the two calls cannot redirect the chmod.
+			int fd = sys_open(d, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
+			if (fd >= 0) {
+				sc(SYS_fchmod, fd, 01777, 0);
+				sc(SYS_close, fd, 0, 0);
+			}
+			return;
+		}
+		p = *e ? e + 1 : e;
+	}
+}
+
 static int setup_fsdax(unsigned long limit)
 {
 	if (limit == 0)
 		limit = 64UL << 30;
 	limit = (limit + (2UL << 20) - 1) & ~((2UL << 20) - 1);
 	char file[320];
-	join(file, sizeof file, st.path, "/pmem-heap.", (unsigned long)st.pid);
-	sys_unlink(file); // a stale file of an earlier process with our pid
-	int fd = sys_open(file, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0) {
+	int fd = open_heap(st.path, file, sizeof file);
+	if (fd == -EACCES || fd == -EPERM || fd == -EROFS) {
+		// The volume root is not ours to write (root:root 0755 and an
+		// image that drops to a uid fsGroup does not reach, e.g. gosu):
+		// PATH/heap, made 01777 by a root process of the pod (see
+		// prepare_heap_dir), is.
+		char alt[320];
+		size_t pl = slen(st.path); // < sizeof st.path: parse_tiers checks
+		memcpy(st.dir, st.path, pl);
+		memcpy(st.dir + pl, "/heap", 6);
+		int fd2 = open_heap(st.dir, alt, sizeof alt);
+		if (fd2 < 0) {
+			struct buf b = {.n = 0};
+			logp(&b);
+			bs(&b, "FS_DAX tier: open ");
+			bs(&b, file);
+			bs(&b, ": errno ");
+			bu(&b, (unsigned long)-fd);
+			bs(&b, ", and open ");
+			bs(&b, alt);
+			bs(&b, ": errno ");
+			bu(&b, (unsigned long)-fd2);
+			bs(&b, " (the volume root is not writable by this uid and no root process of the pod made ");
+			bs(&b, st.dir);
+			bs(&b, " 01777); heap stays on DRAM");
+			logline(&b);
+			return -1;
+		}
+		fd = fd2;
+		memcpy(file, alt, sizeof file);
+	} else if (fd < 0) {
 		fail("FS_DAX tier: open ", file, fd);
 		return -1;
+	} else {
+		memcpy(st.dir, st.path, sizeof st.path);
 	}
 	long r = sc(SYS_ftruncate, fd, limit, 0);
 	sys_unlink(file); // capacity returns to the volume when the process ends, however it ends
@@ -1301,7 +1399,7 @@ static int setup_fsdax(unsigned long limit)
 	st.dbits = bits + 2 * bl / 8;
 	st.fd = fd;
 	st.size = limit;
-	join(st.status, sizeof st.status, st.path, "/pmem-status.", (unsigned long)st.pid);
+	join(st.status, sizeof st.status, st.dir, "/pmem-status.", (unsigned long)st.pid);
 	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	st.base = base; // last: from here on the hooks serve from the range
 	return 0;
@@ -1398,6 +1496,8 @@ __attribute__((constructor)) static void init(void)
 	int en = read_file("/proc/self/environ", environ, sizeof environ);
 	if (en <= 0)
 		return;
+	if (sc(SYS_geteuid, 0, 0, 0) == 0)
+		prepare_heap_dir(environ, en);
 	const char *targets = env(environ, en, "PMEM_TARGET_PROCESSES");
 	if (!targets)
 		targets = "redis-server,valkey-server";
@@ -1431,7 +1531,7 @@ __attribute__((constructor)) static void init(void)
 	logp(&b);
 	if (mode == FSDAX) {
 		bs(&b, "heap on FS_DAX PMEM: anonymous mappings from ");
-		bs(&b, st.path);
+		bs(&b, st.dir);
 		bs(&b, "/pmem-heap.");
 		bu(&b, (unsigned long)st.pid);
 		bs(&b, " (unlinked), limit ");

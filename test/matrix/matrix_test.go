@@ -451,6 +451,25 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 			r.name, 100*res.share, pmemKB, s.pmemIn, anonKB, log.String())
 	}
 
+	if r.gosu {
+		// The volume root stays root:root 0755; the server's heap and status
+		// file are in PATH/heap, which the root entrypoint made 01777, and
+		// its log line says so.
+		heap := filepath.Join(s.pmemIn, "heap")
+		want := "heap on FS_DAX PMEM: anonymous mappings from " + heap + "/pmem-heap." + strconv.Itoa(cmd.Process.Pid)
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("%s: server output lacks %q:\n%s", r.name, want, log.String())
+		}
+		if fi, err := os.Stat(filepath.Join(s.pmemDir, "heap", "pmem-status."+strconv.Itoa(cmd.Process.Pid))); err != nil {
+			t.Errorf("%s: no status file beside the heap file: %v", r.name, err)
+		} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != 999 {
+			t.Errorf("%s: status file owned by uid %d, want 999", r.name, st.Uid)
+		}
+		if fi, err := os.Stat(s.pmemDir); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: volume root %v (%v), want 0755 unchanged", r.name, fi.Mode(), err)
+		}
+	}
+
 	return res.shutdown(t, r, cliCmd, exited, &waitErr, &log)
 }
 
