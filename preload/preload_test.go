@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // skip skips, or fails under PMEM_NODE_REQUIRED=1 (make test-node).
@@ -372,5 +373,39 @@ func TestHeapDirForDroppedUID(t *testing.T) {
 	st := readStatus(t, heap, pid)
 	if st["path"] != heap || st["mode"] != "fsdax" {
 		t.Errorf("status path=%q mode=%q, want %s, fsdax", st["path"], st["mode"], heap)
+	}
+}
+
+// TestThreadsAndSpawns replays two kinds of fault reported against other
+// preload injectors (issue 14): many threads mapping and unmapping at once
+// (pages handed to two threads, purges that do not zero), and every way of
+// starting another program (posix_spawn, system, popen, vfork+exec,
+// fork+exec) while the heap is on PMEM: the parent's heap must be intact
+// and keep working afterwards.
+func TestThreadsAndSpawns(t *testing.T) {
+	libDir, _ := setup(t)
+	prog := filepath.Join(t.TempDir(), "threads_spawn")
+	if out, err := exec.Command("gcc", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", prog, "testdata/threads_spawn.c").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	for _, mode := range []string{"threads", "spawn"} {
+		t.Run(mode, func(t *testing.T) {
+			pmem := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, prog, mode)
+			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
+				"PMEM_TARGET_PROCESSES=threads_spawn",
+				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil || string(out) != "PASS "+mode+"\n" {
+				t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "heap on FS_DAX PMEM") {
+				t.Errorf("the heap was not placed, so nothing was tested; stderr: %s", stderr.String())
+			}
+		})
 	}
 }
