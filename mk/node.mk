@@ -4,7 +4,7 @@
 NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils musl-tools
 NODE_PKGS := ./preload/... ./memkindinit/... ./cmd/pmem-memkind-init/... ./cmd/pmem-stage/... ./test/node/...
 
-.PHONY: node-deps preload stage-memkind test-node bench-redis
+.PHONY: node-deps preload stage-memkind test-node bench-redis bench-fork
 
 ## node-deps: apt-get install what the node tier needs (redis-server, redis-tools, gcc...) when missing
 node-deps:
@@ -37,3 +37,10 @@ bench-redis: node-deps
 	PMEM_BENCH_REDIS=1 PMEM_BENCH_ROUNDS=$(BENCH_ROUNDS) PMEM_BENCH_OUT=$(BIN)/bench-redis.txt \
 	  $(GO) test -count=1 -timeout 20m -run '^TestBenchRedis$$' -v ./test/node
 	@echo "table saved in $(BIN)/bench-redis.txt"
+
+## bench-fork: BGSAVE cost under a SET load, DRAM vs fsdax vs kmem: fork stall, p99/max latency, fsdax write-back pause (~2 min)
+bench-fork: node-deps
+	PMEM_BENCH_FORK=1 PMEM_BENCH_ROUNDS=$(if $(filter command line environment,$(origin BENCH_ROUNDS)),$(BENCH_ROUNDS),3) \
+	  PMEM_BENCH_OUT=$(BIN)/bench-fork.txt \
+	  $(GO) test -count=1 -timeout 20m -run '^TestBenchFork$$' -v ./test/node
+	@echo "table saved in $(BIN)/bench-fork.txt"
