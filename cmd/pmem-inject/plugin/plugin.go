@@ -26,6 +26,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
@@ -220,9 +221,13 @@ type PodStatus struct {
 	Mode     string `json:"mode,omitempty"`
 	PVC      string `json:"pvc,omitempty"`
 	PVCPhase string `json:"pvcPhase,omitempty"`
-	// Placement is what the preload placed on PMEM (its status file on the
-	// pmem volume); reading it needs exec, which this version does not do.
+	// Placement summarises what the preload placed on PMEM, read from its
+	// status files on the pmem volume through exec, or says why it is not
+	// available.
 	Placement string `json:"placement"`
+	// Records are the preload's status records of the container's live
+	// processes, key=value as the preload writes them (docs/node.md).
+	Records []map[string]string `json:"records,omitempty"`
 }
 
 func (o *options) status(ctx context.Context, workload string, stdout io.Writer) error {
@@ -267,7 +272,7 @@ func (o *options) status(ctx context.Context, workload string, stdout io.Writer)
 	}
 	out := []PodStatus{}
 	for i := range pods.Items {
-		out = append(out, podStatus(ctx, cs, &pods.Items[i]))
+		out = append(out, podStatus(ctx, cs, cfg, &pods.Items[i]))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Pod < out[j].Pod })
 	switch o.output {
@@ -301,8 +306,8 @@ func dash(s string) string {
 	return s
 }
 
-func podStatus(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) PodStatus {
-	s := PodStatus{Pod: p.Name, Placement: "not available (reading the preload's placement record needs exec; not implemented in this version)"}
+func podStatus(ctx context.Context, cs kubernetes.Interface, cfg *rest.Config, p *corev1.Pod) PodStatus {
+	s := PodStatus{Pod: p.Name}
 	a := p.Annotations
 	s.Injected = a[patch.AnnotationStatus] == patch.StatusInjected
 	direct, hasDirect := a[patch.AnnotationDirect]
@@ -345,5 +350,6 @@ func podStatus(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) PodS
 			s.PVCPhase = string(pvc.Status.Phase)
 		}
 	}
+	s.Placement, s.Records = placement(ctx, cfg, p, s.Mode)
 	return s
 }

@@ -3,6 +3,7 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -65,18 +66,20 @@ func TestPodStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.pod.Name, func(t *testing.T) {
-			got := podStatus(context.Background(), cs, tt.pod)
+			got := podStatus(context.Background(), cs, nil, tt.pod)
 			if !strings.Contains(got.Reason, tt.want.Reason) || (tt.want.Reason == "") != (got.Reason == "") {
 				t.Errorf("reason %q, want one containing %q", got.Reason, tt.want.Reason)
 			}
 			got.Reason, tt.want.Reason = "", ""
-			if got.Injected {
-				if !strings.HasPrefix(got.Placement, "not available") {
-					t.Errorf("placement %q: want it to say not available", got.Placement)
-				}
+			// No pod here is running: placement says why it is not read.
+			if got.Injected && got.Mode == "fsdax" && got.Placement != "not available (pod is -)" {
+				t.Errorf("placement %q: want not available (pod is -)", got.Placement)
+			}
+			if got.Mode == "kmem" && !strings.HasPrefix(got.Placement, "kmem: no record") {
+				t.Errorf("placement %q: want the kmem explanation", got.Placement)
 			}
 			got.Placement = ""
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("= %+v, want %+v", got, tt.want)
 			}
 		})
@@ -96,5 +99,24 @@ func TestRunUsage(t *testing.T) {
 		if err := Run(context.Background(), tc.args, &out, &errOut); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// TestPlacementRecords: the preload's status files (padded with spaces,
+// several processes) become one line per process.
+func TestPlacementRecords(t *testing.T) {
+	out := "pid=7\ncomm=redis-server\nmode=fsdax\nbytes_resident_pmem=252706816\nbytes_fallback_dram=0\nheap_shared=1\n      \n\n" +
+		"pid=9\ncomm=valkey-server\nbytes_resident_pmem=1048576\nbytes_fallback_dram=2097152\nheap_shared=0 (private copy-on-write since a fork)\n   \n"
+	records := parseRecords(out)
+	if len(records) != 2 || records[0]["comm"] != "redis-server" || records[1]["pid"] != "9" {
+		t.Fatalf("records = %v", records)
+	}
+	want := "redis-server[7]: 241 MiB on PMEM, 0 MiB fallback to DRAM, heap shared; " +
+		"valkey-server[9]: 1 MiB on PMEM, 2 MiB fallback to DRAM, heap private since a fork (pages written since are on DRAM)"
+	if got := summarize(records); got != want {
+		t.Errorf("summarize = %q\nwant        %q", got, want)
+	}
+	if got := parseRecords("sh: cat: not found\n"); len(got) != 0 {
+		t.Errorf("no pid= line must give no record, got %v", got)
 	}
 }
