@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -75,6 +77,30 @@ func RedisHeapOnPMEM(env *Env, penv *PodEnv) e2etypes.Feature {
 			if min := int64(redisValues * redisValueSize / 1024 * 9 / 10); rss < min {
 				t.Errorf("redis-server has %d KiB resident under /mnt/pmem after writing %d MiB, want >= %d KiB (heap not on PMEM?); mappings %q",
 					rss, redisValues*redisValueSize>>20, min, maps)
+			}
+			return ctx
+		}).
+		Assess("kubectl pmem status reports the preload's placement record", func(ctx context.Context, t *testing.T, cfg *envconf.Config) context.Context {
+			pod := podFrom(ctx, t)
+			kcfg := kubeconfigFor(t, cfg.Client().RESTConfig())
+			out, stderr, err := kubectlPmem(ctx, t, "status", "deployment/redis", "-o", "json", "-n", pod.Namespace, "--kubeconfig", kcfg, "--context", "e2e")
+			if err != nil {
+				t.Fatalf("kubectl pmem status: %v\n%s%s", err, out, stderr)
+			}
+			var st []plugin.PodStatus
+			if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 1 {
+				t.Fatalf("status: %v\n%s", err, out)
+			}
+			s := st[0]
+			t.Logf("placement: %s", s.Placement)
+			if !strings.HasPrefix(s.Placement, "redis-server[1]: ") || !strings.Contains(s.Placement, "heap shared") || len(s.Records) != 1 {
+				t.Fatalf("placement %q, records %v: want one record of redis-server (pid 1) with its heap shared", s.Placement, s.Records)
+			}
+			// The record is rewritten every 4 MiB of change: after the
+			// round-trip it holds most of the values.
+			resident, _ := strconv.ParseInt(s.Records[0]["bytes_resident_pmem"], 10, 64)
+			if min := int64(redisValues*redisValueSize) * 8 / 10; resident < min {
+				t.Errorf("bytes_resident_pmem = %d, want >= %d after writing %d MiB", resident, min, redisValues*redisValueSize>>20)
 			}
 			return ctx
 		}).
