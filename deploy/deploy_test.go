@@ -303,7 +303,7 @@ func checkWebhook(t *testing.T, r *rendered, wantFailurePolicy admissionregistra
 	if !slices.Equal(w.AdmissionReviewVersions, []string{"v1"}) {
 		t.Errorf("admissionReviewVersions = %v, want [v1]", w.AdmissionReviewVersions)
 	}
-	// Explicit and short: the mutation makes no API calls; a long timeout only delays pod creation.
+	// Explicit and short: the mutation makes at most one GET (the claim check); a long timeout only delays pod creation.
 	if w.TimeoutSeconds == nil || *w.TimeoutSeconds < 1 || *w.TimeoutSeconds > 10 {
 		t.Errorf("timeoutSeconds = %v, want explicit 1..10", deref(w.TimeoutSeconds))
 	}

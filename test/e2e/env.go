@@ -2,7 +2,8 @@
 // against a rest.Config / controller-runtime client with
 // sigs.k8s.io/e2e-framework, and the providers that give them a cluster:
 // "local" (etcd + kube-apiserver + kube-controller-manager built from source,
-// webhook in-process; see test/cluster) today, kubelet and kind later.
+// webhook in-process; see test/cluster), "kubelet" (the same plus a real node on
+// this machine; test/kubelet) and "kind" (needs Docker; compiled here, not run).
 //
 // A provider only has to supply an Env; the feature bodies never know which
 // provider runs them.
