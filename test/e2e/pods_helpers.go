@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"io"
 	"net"
 	"net/http"
@@ -18,10 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/client-go/transport/spdy"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -97,25 +95,14 @@ func waitDeploymentRolledOut(ctx context.Context, t *testing.T, c client.Client,
 	return pods
 }
 
-// execIn runs cmd in a container through the apiserver (kubelet exec), returning stdout.
+// execIn runs cmd in a container through the apiserver (kubelet exec), returning stdout; the
+// plugin's Exec, so the tests exercise the code `kubectl pmem status` uses.
 func execIn(ctx context.Context, cfg *rest.Config, pod *corev1.Pod, container string, cmd ...string) (string, error) {
-	cs, err := kubernetes.NewForConfig(cfg)
+	out, err := plugin.Exec(ctx, cfg, pod, container, time.Minute, cmd...)
 	if err != nil {
-		return "", err
+		return out, fmt.Errorf("exec %q in %s/%s: %w", cmd, pod.Name, container, err)
 	}
-	req := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("exec").
-		VersionedParams(&corev1.PodExecOptions{Container: container, Command: cmd, Stdout: true, Stderr: true}, scheme.ParameterCodec)
-	ex, err := remotecommand.NewSPDYExecutor(cfg, http.MethodPost, req.URL())
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
-		return stdout.String(), fmt.Errorf("exec %q in %s/%s: %w (stderr: %s)", cmd, pod.Name, container, err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
+	return out, nil
 }
 
 // podLogs returns a container's log through the apiserver (kubelet).

@@ -57,7 +57,7 @@ func placement(ctx context.Context, cfg *rest.Config, p *corev1.Pod, mode string
 	if cfg == nil {
 		return "not available (no API client)", nil
 	}
-	out, err := execIn(ctx, cfg, p, container, "sh", "-c", fmt.Sprintf(placementScript, dir))
+	out, err := Exec(ctx, cfg, p, container, execTimeout, "sh", "-c", fmt.Sprintf(placementScript, dir))
 	if err != nil {
 		return "not available (exec into " + container + " failed: " + err.Error() + ")", nil
 	}
@@ -68,7 +68,10 @@ func placement(ctx context.Context, cfg *rest.Config, p *corev1.Pod, mode string
 	return summarize(records), records
 }
 
-func execIn(ctx context.Context, cfg *rest.Config, pod *corev1.Pod, container string, cmd ...string) (string, error) {
+// Exec runs cmd in a container through the API server's exec subresource
+// (what `kubectl exec` does), bounded by timeout, and returns its stdout,
+// also when it fails; the error carries stderr.
+func Exec(ctx context.Context, cfg *rest.Config, pod *corev1.Pod, container string, timeout time.Duration, cmd ...string) (string, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return "", err
@@ -79,14 +82,14 @@ func execIn(ctx context.Context, cfg *rest.Config, pod *corev1.Pod, container st
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithTimeout(ctx, execTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
 		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return "", fmt.Errorf("%w: %s", err, msg)
+			return stdout.String(), fmt.Errorf("%w (stderr: %s)", err, msg)
 		}
-		return "", err
+		return stdout.String(), err
 	}
 	return stdout.String(), nil
 }
