@@ -44,17 +44,8 @@ func TestBenchRedis(t *testing.T) {
 		t.Skip("benchmark: run with `make bench-redis` (PMEM_BENCH_REDIS=1)")
 	}
 	need(t, "redis-server", "redis-benchmark")
-	rounds := 5
-	if v, err := strconv.Atoi(os.Getenv("PMEM_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
-	pmemBase := ""
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		pmemBase = "/dev/shm"
-	}
-	fsdax := admit(t, patch.ModeFSDAX, pmemBase)
-	kmem := admit(t, patch.ModeKMEM, "")
-	modes := []benchMode{{"DRAM", nil}, {"FS_DAX", fsdax.Env}, {"KMEM_DAX", kmem.Env}}
+	rounds := benchRounds(5)
+	_, modes := benchModes(t)
 	servers := benchServers(t)
 
 	// results[size][op][server][mode] = rps per round
@@ -197,4 +188,27 @@ func maxOf(v []float64) float64 {
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
 	return s[len(s)-1]
+}
+
+// benchRounds is PMEM_BENCH_ROUNDS (make's BENCH_ROUNDS), else def.
+func benchRounds(def int) int {
+	if v, err := strconv.Atoi(os.Getenv("PMEM_BENCH_ROUNDS")); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// benchModes admits the same Redis pod in fsdax and kmem and returns the
+// three sides every benchmark compares: DRAM (no env), fsdax, kmem. fsdax's
+// directory is on /dev/shm where it exists (tmpfs: no page-cache writeback,
+// like DAX).
+func benchModes(t *testing.T) (fsdax *pod, modes []benchMode) {
+	t.Helper()
+	pmemBase := ""
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		pmemBase = "/dev/shm"
+	}
+	fsdax = admit(t, patch.ModeFSDAX, pmemBase)
+	kmem := admit(t, patch.ModeKMEM, "")
+	return fsdax, []benchMode{{"DRAM", nil}, {"FS_DAX", fsdax.Env}, {"KMEM_DAX", kmem.Env}}
 }

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
 // Fork-cost benchmark (issue 12): a ~256 MiB heap, a SET load from Go
@@ -59,17 +57,8 @@ func TestBenchFork(t *testing.T) {
 		t.Skip("benchmark: run with `make bench-fork` (PMEM_BENCH_FORK=1)")
 	}
 	need(t, "redis-server")
-	rounds := 3
-	if v, err := strconv.Atoi(os.Getenv("PMEM_BENCH_ROUNDS")); err == nil && v > 0 {
-		rounds = v
-	}
-	pmemBase := ""
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		pmemBase = "/dev/shm"
-	}
-	fsdax := admit(t, patch.ModeFSDAX, pmemBase)
-	kmem := admit(t, patch.ModeKMEM, "")
-	modes := []benchMode{{"DRAM", nil}, {"FS_DAX", fsdax.Env}, {"KMEM_DAX", kmem.Env}}
+	rounds := benchRounds(3)
+	fsdax, modes := benchModes(t)
 	dirs := map[string]string{"FS_DAX": fsdax.PMEMDir}
 
 	results := map[string][]forkResult{}
