@@ -256,3 +256,56 @@ func TestStatusAnnotationNotTrustedAlone(t *testing.T) {
 		})
 	}
 }
+
+// A non-root server on a fresh PMEM volume (root:root 0755) cannot create its
+// heap file unless fsGroup hands the volume to the pod's group: found by
+// re-running the uid-999 field case as a pod would start it (no root process
+// to make PATH/heap). Only an explicit runAsUser is known at admission.
+func TestNonRootWithoutFSGroupWarns(t *testing.T) {
+	uid := func(v int64) *int64 { return &v }
+	cases := []struct {
+		name         string
+		podUser      *int64
+		fsGroup      *int64
+		containerUID *int64
+		mode         string
+		want         string // "" = no such warning
+	}{
+		{name: "pod runAsUser 999, no fsGroup", podUser: uid(999), want: `container "redis" runs as uid 999 and the pod sets no securityContext.fsGroup`},
+		{name: "container runAsUser 999", containerUID: uid(999), want: `runs as uid 999`},
+		{name: "with fsGroup", podUser: uid(999), fsGroup: uid(999)},
+		{name: "container root overrides the pod's uid", podUser: uid(999), containerUID: uid(0)},
+		{name: "no runAsUser: the image's USER is unknown"},
+		{name: "kmem has no volume", podUser: uid(999), mode: "kmem"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := loadPod(t, "redis-single.yaml")
+			if tc.podUser != nil || tc.fsGroup != nil {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: tc.podUser, FSGroup: tc.fsGroup}
+			}
+			if tc.containerUID != nil {
+				pod.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: tc.containerUID}
+			}
+			if tc.mode != "" {
+				pod.Annotations[AnnotationMode] = tc.mode
+			}
+			res, err := Apply(pod, testConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, w := range res.Warnings {
+				if strings.Contains(w, "fsGroup") {
+					got = append(got, w)
+				}
+			}
+			switch {
+			case tc.want == "" && len(got) != 0:
+				t.Errorf("unexpected warning %q", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "set spec.securityContext.fsGroup")):
+				t.Errorf("warnings %q, want one containing %q and what to set", got, tc.want)
+			}
+		})
+	}
+}

@@ -561,6 +561,7 @@ func (in *injection) plan() error {
 		}
 		for _, t := range in.targets {
 			c := t.of(spec)
+			in.warnNoFSGroup(c)
 			if runsForkingRedis(c, in.processes) {
 				// Forks are safe (the preload remaps the heap copy-on-write
 				// for the child's life), but not free: say what it costs.
@@ -605,6 +606,30 @@ func (in *injection) plan() error {
 // the common case, so this warns. An explicit env LD_PRELOAD already
 // overrides envFrom (the container's own choice), and a prefix that
 // cannot begin "LD_PRELOAD" cannot produce it: both are left alone.
+// warnNoFSGroup: a server running as a non-root uid must be able to create
+// its heap file on /mnt/pmem. A fresh volume's root is root:root 0755, and
+// only fsGroup makes the kubelet hand it to the pod's group (the preload's
+// PATH/heap fallback needs a root process in the container, which an image
+// started directly as that uid does not have). Only an explicit runAsUser is
+// known here: an image's USER is not.
+func (in *injection) warnNoFSGroup(c *corev1.Container) {
+	uid := (*int64)(nil)
+	if sc := in.pod.Spec.SecurityContext; sc != nil {
+		if sc.FSGroup != nil {
+			return
+		}
+		uid = sc.RunAsUser
+	}
+	if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+		uid = c.SecurityContext.RunAsUser
+	}
+	if uid == nil || *uid == 0 {
+		return
+	}
+	in.warn("container %q runs as uid %d and the pod sets no securityContext.fsGroup: on a PMEM volume whose root is root-owned "+
+		"that uid cannot create its heap file, and the heap stays on DRAM; set spec.securityContext.fsGroup (e.g. %d)", c.Name, *uid, *uid)
+}
+
 func (in *injection) warnEnvFrom(c *corev1.Container) {
 	if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvLDPreload }) {
 		return

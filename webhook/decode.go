@@ -17,7 +17,8 @@ import (
 // and BuildPatch diffs: annotations, node selector, the names of volumes,
 // per container (app and init) its name, image, command, args, memory
 // limit, mounts, env, envFrom, restartPolicy and securityContext
-// windowsOptions, and spec.os and the node affinity (Windows markers).
+// windowsOptions and runAsUser, spec.securityContext fsGroup, and spec.os and
+// the node affinity (Windows markers).
 // Everything else (probes, ports, the rest of security contexts, the
 // values of unrelated env vars) is never decoded: on large pods that is
 // most of the bytes, and reflection-driven decoding of them was the whole
@@ -82,9 +83,11 @@ func decodeForPatch(raw []byte) (*corev1.Pod, error) {
 		case "securityContext":
 			var sc struct {
 				WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
+				RunAsUser      *int64                                `json:"runAsUser"`
+				FSGroup        *int64                                `json:"fsGroup"`
 			}
-			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && sc.WindowsOptions != nil {
-				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions}
+			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil) {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup}
 			}
 		case "affinity":
 			var a struct {
@@ -262,9 +265,10 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 			case "securityContext":
 				var sc struct {
 					WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
+					RunAsUser      *int64                                `json:"runAsUser"`
 				}
-				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && sc.WindowsOptions != nil {
-					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions}
+				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil) {
+					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser}
 				}
 			case "envFrom":
 				// Rare and short: decoded whole, for the LD_PRELOAD check.
