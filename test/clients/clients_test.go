@@ -3,6 +3,7 @@ package clients_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -372,20 +373,25 @@ func TestREADMEInstall(t *testing.T) {
 }
 
 // certManagerCRDs is the directory of cert-manager's CRDs in the module cache: the
-// cert-manager the main module already requires for its API types.
+// cert-manager version the main module already requires for its API types (downloaded by
+// `go mod download` if the build has not fetched it yet).
 func certManagerCRDs(t *testing.T) string {
 	t.Helper()
 	root, err := cluster.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/cert-manager/cert-manager")
+	cmd := exec.Command("go", "mod", "download", "-json", "github.com/cert-manager/cert-manager")
 	cmd.Dir = root
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("locate the cert-manager module: %v", err)
+		t.Fatalf("download the cert-manager module: %v", err)
 	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "deploy", "crds")
+	var mod struct{ Dir string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		t.Fatalf("go mod download -json: no module directory in %s (%v)", out, err)
+	}
+	dir := filepath.Join(mod.Dir, "deploy", "crds")
 	if _, err := os.Stat(filepath.Join(dir, "cert-manager.io_certificates.yaml")); err != nil {
 		t.Fatalf("cert-manager's CRDs: %v", err)
 	}
