@@ -26,8 +26,8 @@ install-plugin:
 	$(GO) build -o $(PLUGIN_DIR)/kubectl-pmem ./cmd/pmem-inject
 	@echo "installed $(PLUGIN_DIR)/kubectl-pmem; try: kubectl pmem inject -f deploy/examples/redis-pmem.yaml"
 
-## test: lint, unit tests, then the node, image-matrix, control-plane, self-signed, reliability and running-pods tiers (the README's test command)
-test: lint vet-kind unit test-node test-matrix test-controlplane test-selfsigned test-reliability e2e
+## test: lint, unit tests, then the node, image-matrix, control-plane, real-clients, self-signed, reliability and running-pods tiers (the README's test command)
+test: lint vet-kind unit test-node test-matrix test-controlplane test-clients test-selfsigned test-reliability e2e
 
 ## unit: fast tests: every package except the tiers under test/, -short (no control plane)
 unit:

@@ -40,14 +40,21 @@ func Chart() (*chart.Chart, error) {
 // RenderHelm renders the chart like `helm template <release> deploy/helm/pmem-webhook
 // --namespace <namespace>` with values merged over values.yaml (validated against
 // values.schema.json), in Helm's install order. NOTES.txt is not part of the output.
+// It renders for Helm's default capabilities, what `helm template` without a cluster uses.
 func RenderHelm(release, namespace string, values map[string]any) ([]byte, error) {
+	return RenderHelmFor(release, namespace, values, chartutil.DefaultCapabilities)
+}
+
+// RenderHelmFor is RenderHelm for the given capabilities: a cluster's Kubernetes version and API
+// versions, as `helm install` discovers them or `helm template --kube-version` sets them.
+func RenderHelmFor(release, namespace string, values map[string]any, caps *chartutil.Capabilities) ([]byte, error) {
 	c, err := Chart()
 	if err != nil {
 		return nil, err
 	}
 	vals, err := chartutil.ToRenderValues(c, values, chartutil.ReleaseOptions{
 		Name: release, Namespace: namespace, Revision: 1, IsInstall: true,
-	}, chartutil.DefaultCapabilities)
+	}, caps)
 	if err != nil {
 		return nil, fmt.Errorf("helm values: %w", err)
 	}

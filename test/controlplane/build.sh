@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# build.sh builds etcd, kube-apiserver and kube-controller-manager from the versions
-# pinned in this module's go.mod into $BIN/k8s-<kubernetes version>/ and reuses them
-# when they are already there. Usage: build.sh [BIN_DIR]   (default: <repo>/bin)
+# build.sh builds etcd, kube-apiserver, kube-controller-manager and kubectl from the
+# versions pinned in this module's go.mod into $BIN/k8s-<kubernetes version>/ and reuses
+# each one that is already there (so a directory from before kubectl was added gets only
+# kubectl). Usage: build.sh [BIN_DIR]   (default: <repo>/bin)
+#
+# kubectl is the client the README's install commands use (`kubectl apply -k`, `kubectl
+# plugin list`); it cannot be a `go tool` (k8s.io/kubernetes is not importable as a
+# dependency without these staging replaces), so it is built here, from the same source as
+# the apiserver it talks to in the tests.
 #
 # The output directory is keyed by the Kubernetes version so that bumping go.mod
 # never reuses stale binaries; a binary is written under a temporary name and
@@ -43,5 +49,6 @@ build() { # name package ldflags
 build etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+build kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"
 echo "$etcd_version" >"$out/etcd.version"
 echo "controlplane: binaries in $out"

@@ -37,8 +37,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "pmem-webhook.fullname" . }}-serving-cert
 {{- end -}}
 
+{{/*
+The minimum Kubernetes version, checked against the version Helm renders for: the cluster's for
+`helm install`/`upgrade`, --kube-version when given. An older API server would silently drop the
+webhook's matchConditions (GA in 1.30) and send every pod to a failurePolicy Fail webhook.
+
+Without a cluster (`helm template`, `helm install --dry-run`) Helm renders for its built-in default
+capabilities, whose version is v1.20.0 unless the helm binary was linked with a newer one (release
+builds are). That default must render, or `helm template | kubectl apply -f -` cannot work. It is
+told apart from a real v1.20.0 cluster by its API versions: Helm's default set is its client
+library's full list, which has flowcontrol.apiserver.k8s.io/v1, GA in 1.29; a 1.20 API server
+never serves it. So only an explicit `--kube-version 1.20.0` passes unchecked.
+*/}}
+{{- define "pmem-webhook.requireKubeVersion" -}}
+{{- $version := .Capabilities.KubeVersion.Version -}}
+{{- $helmDefault := and (eq $version "v1.20.0") (.Capabilities.APIVersions.Has "flowcontrol.apiserver.k8s.io/v1") -}}
+{{- if and (not $helmDefault) (semverCompare "<1.30.0-0" $version) -}}
+{{- fail (printf "pmem-webhook needs Kubernetes 1.30 or newer, this cluster is %s: the webhook configuration's matchConditions are GA from 1.30, and without them every pod is sent to the webhook (docs/deploy.md: Older clusters without matchConditions)" $version) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "pmem-webhook.validate" -}}
+{{- include "pmem-webhook.requireKubeVersion" . -}}
 {{- if not (has .Values.webhook.failurePolicy (list "Fail" "Ignore")) -}}
 {{- fail (printf "webhook.failurePolicy %q: want Fail (reject annotated pods while the webhook is unreachable) or Ignore (admit them unmodified)" .Values.webhook.failurePolicy) -}}
 {{- end -}}
