@@ -39,6 +39,10 @@ func TestHelmKubeVersionGuard(t *testing.T) {
 		// Indistinguishable from this helm's default; docs/deploy.md says so.
 		{"--kube-version 1.20.0", "v3.22.0", "v1.20.0", chartutil.DefaultVersionSet, ""},
 		{"--kube-version 1.29.0, helm v3.14 release", "v3.14.4", "v1.29.0", chartutil.DefaultVersionSet, ""},
+		// A helm library embedded in another program may report any version, or none.
+		{"embedded helm without a version", "", "v1.20.0", chartutil.DefaultVersionSet, ""},
+		{"embedded helm without a version, --kube-version 1.29.0", "", "v1.29.0", chartutil.DefaultVersionSet, kubeVersionMessage + "v1.29.0"},
+		{"helm v4 version, v1.20.0", "v4.0.0", "v1.20.0", chartutil.DefaultVersionSet, ""},
 		// Not a release: the 3.22 source linked with a 1.29 default but no version stamp.
 		{"unstamped helm linked with a v1.29 default", "v3.22", "v1.29.0", chartutil.DefaultVersionSet, kubeVersionMessage + "v1.29.0"},
 		{"GKE 1.31 cluster", "v3.22.0", "v1.31.2-gke.1000", cluster, ""},

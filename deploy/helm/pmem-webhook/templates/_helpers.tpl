@@ -57,10 +57,12 @@ indistinguishable from it and renders; any other version below 1.30 fails.
 {{- define "pmem-webhook.requireKubeVersion" -}}
 {{- $version := .Capabilities.KubeVersion.Version -}}
 {{- $fromCluster := .Capabilities.APIVersions.Has "v1/Namespace" -}}
-{{- $helm := semver .Capabilities.HelmVersion.Version -}}
 {{- $helmDefaults := list "v1.20.0" -}}
-{{- if eq (int $helm.Major) 3 -}}
-{{- $helmDefaults = append $helmDefaults (printf "v1.%d.0" (add $helm.Minor 15)) -}}
+{{- /* Not semver: it fails the rendering on a version it cannot parse (an embedded helm's). */ -}}
+{{- $helmVersion := .Capabilities.HelmVersion.Version | toString -}}
+{{- if regexMatch "^v3\\.[0-9]+(\\.|$)" $helmVersion -}}
+{{- $helmMinor := regexReplaceAll "^v3\\.([0-9]+).*$" $helmVersion "${1}" | atoi -}}
+{{- $helmDefaults = append $helmDefaults (printf "v1.%d.0" (add $helmMinor 15)) -}}
 {{- end -}}
 {{- $helmDefault := and (not $fromCluster) (has $version $helmDefaults) -}}
 {{- if and (not $helmDefault) (semverCompare "<1.30.0-0" $version) -}}
