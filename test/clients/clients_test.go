@@ -555,3 +555,34 @@ func checkStored(t *testing.T, cp *cluster.ControlPlane, render func() ([]byte, 
 		}
 	}
 }
+
+// TestInstallPlugin: `make install-plugin` installs where `go install` would (GOBIN, else
+// GOPATH/bin) and says so on stderr when kubectl cannot find it there, i.e. it is not on PATH.
+func TestInstallPlugin(t *testing.T) {
+	e := setup(t)
+	for _, tc := range []struct {
+		name, script string
+		dir          string // relative to HOME
+		wantHint     bool
+	}{
+		{"GOPATH/bin, not on PATH", "make install-plugin", "go/bin", true},
+		{"GOBIN, not on PATH", `export GOBIN="$HOME/gobin"` + "\nmake install-plugin", "gobin", true},
+		{"GOBIN on PATH", `export GOBIN="$HOME/gobin" PATH="$PATH:$HOME/gobin"` + "\nmake install-plugin", "gobin", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			home := t.TempDir()
+			r := e.shell(t, noCluster(t), home, tc.script)
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			dir := filepath.Join(home, tc.dir)
+			if _, err := os.Stat(filepath.Join(dir, "kubectl-pmem")); err != nil {
+				t.Errorf("kubectl-pmem not installed in %s: %v\n%s", dir, err, r.stdout)
+			}
+			hint := dir + " is not on PATH"
+			if got := strings.Contains(r.stderr, hint); got != tc.wantHint {
+				t.Errorf("stderr says %q: %v, want %v; stderr:\n%s", hint, got, tc.wantHint, r.stderr)
+			}
+		})
+	}
+}
