@@ -5,8 +5,9 @@
 
 GO ?= go
 TOOLS_BIN := $(BIN)/tools
-# Warm, the tests take about 80 s: seven control planes, a few seconds each (one per README block
-# that installs, the quick start's inject | apply, and the install without cert-manager).
+# Warm, the tests take about 100 s (measured 99 s): seven control planes, a few seconds each (one per README block
+# that installs, the quick start's inject | apply, and the install without cert-manager), and
+# about 20 s of `make install-plugin` runs.
 CLIENTS_TEST_TIMEOUT ?= 10m
 
 .PHONY: tools test-clients
