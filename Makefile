@@ -3,6 +3,9 @@
 
 GO ?= go
 BIN := $(CURDIR)/bin
+# Absolute, whatever the command line says (`make tools BIN=bin`): recipes cd (tools/, test/...)
+# and a relative path would then name a directory there.
+override BIN := $(abspath $(BIN))
 export GOFLAGS ?= -buildvcs=false
 
 # bin/ holds build caches (Kubernetes binaries, image root filesystems);
@@ -10,21 +13,28 @@ export GOFLAGS ?= -buildvcs=false
 $(shell mkdir -p $(BIN) && test -f $(BIN)/go.mod || printf 'module ignored.bin\n' > $(BIN)/go.mod)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test unit lint fmt vet install-plugin clean
+.PHONY: help build test unit lint fmt vet tidy install-plugin clean
 
 ## help: list the targets
 help:
 	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+	@echo "  (here PLUGIN_DIR is $(PLUGIN_DIR))"
 
 ## build: build pmem-webhook, pmem-inject and pmem-memkind-init into bin/
 build:
 	$(GO) build -o $(BIN)/ ./cmd/pmem-webhook ./cmd/pmem-inject ./cmd/pmem-memkind-init
 
-## install-plugin: install pmem-inject as the kubectl plugin `kubectl pmem inject` into $(PLUGIN_DIR)
-PLUGIN_DIR ?= $(shell $(GO) env GOPATH)/bin
+## install-plugin: install pmem-inject as the kubectl plugin `kubectl pmem` into PLUGIN_DIR (default: GOBIN, else GOPATH/bin, where `go install` puts programs); says so when that is not on PATH
+# `go env GOPATH` may be a list; `go install` uses its first entry.
+PLUGIN_DIR ?= $(or $(shell $(GO) env GOBIN),$(firstword $(subst :, ,$(shell $(GO) env GOPATH)))/bin)
 install-plugin:
 	$(GO) build -o $(PLUGIN_DIR)/kubectl-pmem ./cmd/pmem-inject
-	@echo "installed $(PLUGIN_DIR)/kubectl-pmem; try: kubectl pmem inject -f deploy/examples/redis-pmem.yaml"
+	@echo "installed $(PLUGIN_DIR)/kubectl-pmem"
+	@# kubectl finds plugins on PATH only; Debian's Go, for one, does not put GOPATH/bin there.
+	@case ":$$PATH:" in \
+	*":$(PLUGIN_DIR):"*|*":$(PLUGIN_DIR)/:"*) echo "try: kubectl pmem inject -f deploy/examples/redis-pmem.yaml" ;; \
+	*) echo "$(PLUGIN_DIR) is not on PATH, so kubectl will not find the plugin: export PATH=\"\$$PATH:$(PLUGIN_DIR)\" (or make install-plugin PLUGIN_DIR=<a directory on PATH>)" >&2 ;; \
+	esac
 
 ## test: lint, unit tests, then the node, image-matrix, control-plane, real-clients, self-signed, reliability and running-pods tiers (the README's test command)
 test: lint vet-kind unit test-node test-matrix test-controlplane test-clients test-selfsigned test-reliability e2e
@@ -33,8 +43,13 @@ test: lint vet-kind unit test-node test-matrix test-controlplane test-clients te
 unit:
 	$(GO) test -short -count=1 $$($(GO) list ./... | grep -v '/test/')
 
-## lint: gofmt and go vet, failing on any finding
-lint: fmt vet
+## lint: gofmt, go vet and tidy go.mod/go.sum (main module, tools/), failing on any finding
+lint: fmt vet tidy
+
+# test/controlplane is left out: tidying it needs test-only modules of Kubernetes' dependencies
+# that no build downloads, so it would not work offline. GOPROXY=off: a check must not fetch.
+tidy:
+	@for m in . tools; do (cd $$m && GOPROXY=off $(GO) mod tidy -diff) || { echo "go.mod/go.sum of $$m not tidy: cd $$m && go mod tidy"; exit 1; }; done
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \

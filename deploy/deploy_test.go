@@ -362,15 +362,17 @@ func containerPort(c corev1.Container, nameOrNumber string) int32 {
 // equalJSON compares two API values by their JSON form (nil and empty slices alike).
 func equalJSON(t *testing.T, a, b any) bool {
 	t.Helper()
-	ja, err := json.Marshal(a)
+	return asJSON(t, a) == asJSON(t, b)
+}
+
+// asJSON is v as JSON: a value's fields, where %v of a pointer would print its address.
+func asJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("marshal %T: %v", v, err)
 	}
-	jb, err := json.Marshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bytes.Equal(ja, jb)
+	return string(b)
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -48,19 +48,9 @@ func RenderHelm(release, namespace string, values map[string]any) ([]byte, error
 // RenderHelmFor is RenderHelm for the given capabilities: a cluster's Kubernetes version and API
 // versions, as `helm install` discovers them or `helm template --kube-version` sets them.
 func RenderHelmFor(release, namespace string, values map[string]any, caps *chartutil.Capabilities) ([]byte, error) {
-	c, err := Chart()
+	out, err := renderChart(release, namespace, values, caps)
 	if err != nil {
 		return nil, err
-	}
-	vals, err := chartutil.ToRenderValues(c, values, chartutil.ReleaseOptions{
-		Name: release, Namespace: namespace, Revision: 1, IsInstall: true,
-	}, caps)
-	if err != nil {
-		return nil, fmt.Errorf("helm values: %w", err)
-	}
-	out, err := engine.Render(c, vals)
-	if err != nil {
-		return nil, fmt.Errorf("helm render %s: %w", ChartDir, err)
 	}
 	for name := range out {
 		if path.Base(name) == "NOTES.txt" {
@@ -80,4 +70,38 @@ func RenderHelmFor(release, namespace string, values map[string]any, caps *chart
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, strings.TrimSpace(m.Content))
 	}
 	return []byte(b.String()), nil
+}
+
+// RenderHelmNotes renders the chart's NOTES.txt, what `helm install` prints after installing, for
+// Helm's default capabilities.
+func RenderHelmNotes(release, namespace string, values map[string]any) (string, error) {
+	out, err := renderChart(release, namespace, values, chartutil.DefaultCapabilities)
+	if err != nil {
+		return "", err
+	}
+	for name, content := range out {
+		if path.Base(name) == "NOTES.txt" {
+			return content, nil
+		}
+	}
+	return "", fmt.Errorf("helm render %s: no NOTES.txt", ChartDir)
+}
+
+// renderChart renders every template of the chart, keyed by its path.
+func renderChart(release, namespace string, values map[string]any, caps *chartutil.Capabilities) (map[string]string, error) {
+	c, err := Chart()
+	if err != nil {
+		return nil, err
+	}
+	vals, err := chartutil.ToRenderValues(c, values, chartutil.ReleaseOptions{
+		Name: release, Namespace: namespace, Revision: 1, IsInstall: true,
+	}, caps)
+	if err != nil {
+		return nil, fmt.Errorf("helm values: %w", err)
+	}
+	out, err := engine.Render(c, vals)
+	if err != nil {
+		return nil, fmt.Errorf("helm render %s: %w", ChartDir, err)
+	}
+	return out, nil
 }

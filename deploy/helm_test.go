@@ -195,7 +195,7 @@ func TestRenderingsAgree(t *testing.T) {
 		"service account name": {kr.serviceAccount.Name, hr.serviceAccount.Name},
 	} {
 		if !equalJSON(t, pair[0], pair[1]) {
-			t.Errorf("%s differs: kustomize %+v, helm %+v", what, pair[0], pair[1])
+			t.Errorf("%s differs: kustomize %s, helm %s", what, asJSON(t, pair[0]), asJSON(t, pair[1]))
 		}
 	}
 }

@@ -16,20 +16,25 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-// Commands returns the command lines of the section of a Markdown document whose heading is
-// heading: every line of a fenced console block that starts with "$ ", without the prompt and
-// without a trailing "   # comment" (a '#' preceded by two spaces, which no command here uses).
-// The README shows each install path this way, exactly as a user types it.
-func Commands(markdown []byte, heading string) ([]string, error) {
+// Blocks returns the command lines of the section of a Markdown document whose heading is
+// heading, one slice per fenced block, in the document's order: every line of a fenced block that
+// starts with "$ ", without the prompt and without a trailing "   # comment" (a '#' preceded by
+// two spaces, which no command here uses). A block without such a line is left out. The README
+// shows each install path as one block, its lines in the order a user types them.
+func Blocks(markdown []byte, heading string) ([][]string, error) {
 	level := headingLevel(heading)
 	title := strings.TrimSpace(heading[level:])
-	var cmds []string
+	var blocks [][]string
+	var block []string
 	var inSection, found, inFence bool
 	s := bufio.NewScanner(bytes.NewReader(markdown))
 	for s.Scan() {
 		line := s.Text()
 		if strings.HasPrefix(line, "```") {
 			inFence = !inFence
+			if !inFence && len(block) > 0 {
+				blocks, block = append(blocks, block), nil
+			}
 			continue
 		}
 		if l := headingLevel(line); l > 0 && !inFence {
@@ -48,7 +53,7 @@ func Commands(markdown []byte, heading string) ([]string, error) {
 		if i := strings.Index(cmd, "  #"); i >= 0 {
 			cmd = cmd[:i]
 		}
-		cmds = append(cmds, strings.TrimSpace(cmd))
+		block = append(block, strings.TrimSpace(cmd))
 	}
 	if err := s.Err(); err != nil {
 		return nil, fmt.Errorf("read markdown: %w", err)
@@ -56,7 +61,7 @@ func Commands(markdown []byte, heading string) ([]string, error) {
 	if !found {
 		return nil, fmt.Errorf("no section %q", heading)
 	}
-	return cmds, nil
+	return blocks, nil
 }
 
 // headingLevel is the number of leading '#' of a Markdown heading line ("## x" is 2), or 0.

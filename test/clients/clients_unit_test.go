@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestCommands(t *testing.T) {
+func TestBlocks(t *testing.T) {
 	doc := strings.Join([]string{
 		"# Title",
 		"```console",
@@ -18,6 +18,9 @@ func TestCommands(t *testing.T) {
 		"$ kubectl apply -k deploy/default     # a comment",
 		"output line",
 		"$ helm install x chart -n ns",
+		"```",
+		"```console",
+		"no command in this block",
 		"```",
 		"### Sub-section belongs to Install",
 		"```sh",
@@ -31,20 +34,20 @@ func TestCommands(t *testing.T) {
 	}, "\n")
 	for _, tc := range []struct {
 		heading string
-		want    []string
+		want    [][]string
 		wantErr bool
 	}{
-		{"## Install", []string{"kubectl apply -k deploy/default", "helm install x chart -n ns", "make install-plugin && kubectl plugin list"}, false},
-		{"## Next", []string{"after-section"}, false},
-		{"# Title", []string{"not-in-section", "kubectl apply -k deploy/default", "helm install x chart -n ns", "make install-plugin && kubectl plugin list", "after-section"}, false},
+		{"## Install", [][]string{{"kubectl apply -k deploy/default", "helm install x chart -n ns"}, {"make install-plugin && kubectl plugin list"}}, false},
+		{"## Next", [][]string{{"after-section"}}, false},
+		{"# Title", [][]string{{"not-in-section"}, {"kubectl apply -k deploy/default", "helm install x chart -n ns"}, {"make install-plugin && kubectl plugin list"}, {"after-section"}}, false},
 		{"## Missing", nil, true},
 	} {
 		t.Run(tc.heading, func(t *testing.T) {
-			got, err := Commands([]byte(doc), tc.heading)
+			got, err := Blocks([]byte(doc), tc.heading)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("error %v, want error %v", err, tc.wantErr)
 			}
-			if !slices.Equal(got, tc.want) {
+			if !slices.EqualFunc(got, tc.want, slices.Equal[[]string]) {
 				t.Errorf("got %q\nwant %q", got, tc.want)
 			}
 		})

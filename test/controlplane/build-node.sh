@@ -17,6 +17,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 bin="${1:-$root/bin}"
+bin="$(mkdir -p "$bin" && cd "$bin" && pwd)" # absolute: a relative BIN_DIR names a directory of the caller, and this script cds
 GO="${GO:-go}"
 
 cd "$here"

@@ -39,21 +39,34 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/*
 The minimum Kubernetes version, checked against the version Helm renders for: the cluster's for
-`helm install`/`upgrade`, --kube-version when given. An older API server would silently drop the
-webhook's matchConditions (GA in 1.30) and send every pod to a failurePolicy Fail webhook.
+`helm install`/`upgrade` (also with --dry-run, which asks the cluster), --kube-version when given.
+An older API server would silently drop the webhook's matchConditions (GA in 1.30) and send every
+pod to a failurePolicy Fail webhook.
 
-Without a cluster (`helm template`, `helm install --dry-run`) Helm renders for its built-in default
-capabilities, whose version is v1.20.0 unless the helm binary was linked with a newer one (release
-builds are). That default must render, or `helm template | kubectl apply -f -` cannot work. It is
-told apart from a real v1.20.0 cluster by its API versions: Helm's default set is its client
-library's full list, which has flowcontrol.apiserver.k8s.io/v1, GA in 1.29; a 1.20 API server
-never serves it. So only an explicit `--kube-version 1.20.0` passes unchecked.
+`helm template` without --kube-version renders for Helm's built-in default capabilities; that must
+render, or `helm template | kubectl apply -f -` cannot work. The default version is v1.20.0 in a
+helm built without link flags (`go install`, a Go tool) and, in a release binary, the version of
+its client-go, set at link time by helm's Makefile: v1.(N+15).0 for helm 3.N (3.14: v1.29.0,
+3.15: v1.30.0). So the check is skipped when both hold:
+- the capabilities are not a cluster's: Helm lists "<group/version>/<Kind>" entries only from a
+  cluster's discovery, and every API server serves v1 Namespaces, so "v1/Namespace" is absent;
+- the version is one of those defaults for this helm (.Capabilities.HelmVersion).
+An explicit --kube-version equal to this helm's default (1.20.0, or 1.29.0 with helm 3.14) is
+indistinguishable from it and renders; any other version below 1.30 fails.
 */}}
 {{- define "pmem-webhook.requireKubeVersion" -}}
 {{- $version := .Capabilities.KubeVersion.Version -}}
-{{- $helmDefault := and (eq $version "v1.20.0") (.Capabilities.APIVersions.Has "flowcontrol.apiserver.k8s.io/v1") -}}
+{{- $fromCluster := .Capabilities.APIVersions.Has "v1/Namespace" -}}
+{{- $helmDefaults := list "v1.20.0" -}}
+{{- /* Not semver: it fails the rendering on a version it cannot parse (an embedded helm's). */ -}}
+{{- $helmVersion := .Capabilities.HelmVersion.Version | toString -}}
+{{- if regexMatch "^v3\\.[0-9]+(\\.|$)" $helmVersion -}}
+{{- $helmMinor := regexReplaceAll "^v3\\.([0-9]+).*$" $helmVersion "${1}" | atoi -}}
+{{- $helmDefaults = append $helmDefaults (printf "v1.%d.0" (add $helmMinor 15)) -}}
+{{- end -}}
+{{- $helmDefault := and (not $fromCluster) (has $version $helmDefaults) -}}
 {{- if and (not $helmDefault) (semverCompare "<1.30.0-0" $version) -}}
-{{- fail (printf "pmem-webhook needs Kubernetes 1.30 or newer, this cluster is %s: the webhook configuration's matchConditions are GA from 1.30, and without them every pod is sent to the webhook (docs/deploy.md: Older clusters without matchConditions)" $version) -}}
+{{- fail (printf "pmem-webhook needs Kubernetes 1.30 or newer; Helm renders for %s (the cluster's version, or --kube-version): the webhook configuration's matchConditions are GA from 1.30, and without them every pod is sent to the webhook (docs/deploy.md: Older clusters without matchConditions)" $version) -}}
 {{- end -}}
 {{- end -}}
 
