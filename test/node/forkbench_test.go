@@ -39,6 +39,7 @@ type forkResult struct {
 	pauseMs     float64 // fsdax: status restore_max_ms
 	restores    int     // fsdax: status restores
 	shared      string  // fsdax: status heap_shared at the end
+	phases      string  // fsdax: status restore_last_us (where the write-back went)
 }
 
 // latSample is one request: start and duration.
@@ -67,8 +68,8 @@ func TestBenchFork(t *testing.T) {
 		for i := range modes {
 			m := modes[(i+r)%len(modes)]
 			res := runForkBench(t, m, dirs[m.name])
-			t.Logf("round %d %-8s fork %.0f us, save %.0f ms, p99 %.1f ms, max %.1f ms (%d SETs in the window), max after %.1f ms, child cow %.1f MiB, parent copies %.1f MiB, write-back %.0f ms (restores %d, heap_shared %q)",
-				r+1, m.name, res.forkUsec, res.saveMs, res.p99, res.max, res.samples, res.maxAfter, res.childCowMiB, res.copiedMiB, res.pauseMs, res.restores, res.shared)
+			t.Logf("round %d %-8s fork %.0f us, save %.0f ms, p99 %.1f ms, max %.1f ms (%d SETs in the window), max after %.1f ms, child cow %.1f MiB, parent copies %.1f MiB, write-back %.0f ms (restores %d, heap_shared %q, phases us %s)",
+				r+1, m.name, res.forkUsec, res.saveMs, res.p99, res.max, res.samples, res.maxAfter, res.childCowMiB, res.copiedMiB, res.pauseMs, res.restores, res.shared, res.phases)
 			results[m.name] = append(results[m.name], res)
 		}
 		t.Logf("round %d/%d done after %s", r+1, rounds, time.Since(start).Round(time.Second))
@@ -184,6 +185,7 @@ func runForkBench(t *testing.T, m benchMode, pmemDir string) forkResult {
 		res.pauseMs, _ = strconv.ParseFloat(st["restore_max_ms"], 64)
 		res.restores, _ = strconv.Atoi(st["restores"])
 		res.shared = st["heap_shared"]
+		res.phases = st["restore_last_us"] + " moves " + st["restore_moves"] + " rounds " + st["restore_last_precopy_rounds"] + " precopy " + st["restore_last_bytes_precopy"] + " pause " + st["restore_last_bytes_pause"]
 	}
 	samples := l.Stop(t)
 	if !s.Alive() {
