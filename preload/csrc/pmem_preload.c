@@ -67,7 +67,7 @@ enum {
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
-	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323,
+	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323, SYS_rt_sigprocmask = 14,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -87,7 +87,7 @@ enum {
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
 	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
-	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282,
+	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -284,6 +284,7 @@ static struct {
 	size_t size;
 	uint64_t *bits;   // 1 = page in use (mapped from the file, or deferred)
 	size_t npages, hint;
+	size_t nwords;    // words of bits ever used: the restore's bitmap scans stop here
 	unsigned dram_ratio, pmem_ratio;
 	int lock;
 	// counters (under lock)
@@ -450,6 +451,8 @@ static void msetbits(uint64_t *m, size_t i, size_t n, int v)
 }
 static void setbits(size_t i, size_t n, int v)
 {
+	if (v && n && (i + n - 1) / 64 + 1 > st.nwords)
+		st.nwords = (i + n - 1) / 64 + 1; // the restore scans only this far
 	for (; n; i++, n--) {
 		if (v)
 			st.bits[i / 64] |= 1UL << (i % 64);
@@ -692,8 +695,13 @@ static int do_madvise(void *addr, size_t len, int advice)
 				// Zero pages without touching the file.
 				lock();
 				sys_mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-				if (!st.child)
-					msetbits(st.zbits, (size_t)((char *)addr - st.base) / PAGE, len / PAGE, 1);
+				if (!st.child) {
+					// Only pages in use: a zbit is a punch at the restore.
+					size_t i = (size_t)((char *)addr - st.base) / PAGE;
+					for (size_t j = 0; j < len / PAGE; j++)
+						if (bit(i + j))
+							msetbits(st.zbits, i + j, 1, 1);
+				}
 				unlock();
 			} else {
 				sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -1087,7 +1095,7 @@ static int write_regions(long n, int final, unsigned long *bytes)
 // span returns the first in-use page and one past the last (0, 0 if none).
 static void span(size_t *lo, size_t *hi)
 {
-	size_t w = 0, nw = st.npages / 64 + 1;
+	size_t w = 0, nw = st.nwords;
 	while (w < nw && !st.bits[w])
 		w++;
 	*lo = *hi = 0;
@@ -1104,14 +1112,15 @@ static void span(size_t *lo, size_t *hi)
 // whatever was written there since is an anonymous page the scan reports.
 static void punch_zbits(void)
 {
-	for (size_t i = 0; i < st.npages; i++) {
+	size_t np = st.nwords * 64 < st.npages ? st.nwords * 64 : st.npages;
+	for (size_t i = 0; i < np; i++) {
 		if ((i % 64) == 0 && st.zbits[i / 64] == 0) {
 			i += 63;
 			continue;
 		}
 		if (mbit(st.zbits, i)) {
 			size_t j = i;
-			while (j < st.npages && mbit(st.zbits, j))
+			while (j < np && mbit(st.zbits, j))
 				j++;
 			sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(i * PAGE),
 			    (long)((j - i) * PAGE), 0, 0);
@@ -1305,8 +1314,13 @@ static void try_restore(void)
 	}
 	st.ph_precopy = (unsigned long)(now_us() - tp);
 	int maps = sys_open("/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
+	// No signal handler of this thread may run in the pause: between a
+	// move and the shared map a piece of the heap is not mapped at all.
+	unsigned long all = ~0UL, mask = 0;
+	sc6(SYS_rt_sigprocmask, 0 /* SIG_BLOCK */, (long)&all, (long)&mask, 8, 0, 0);
 	long t0 = now_us();
 	if (pause_others() < 0) {
+		sc6(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&mask, 0, 8, 0, 0);
 		st.restore_fail++;
 		if (uffd >= 0)
 			sc(SYS_close, uffd, 0, 0);
@@ -1351,6 +1365,7 @@ static void try_restore(void)
 	}
 	long t3 = now_us();
 	resume_others();
+	sc6(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&mask, 0, 8, 0, 0);
 	st.scrap = 1; // maybe_restore frees the moved-away copies after unlocking
 	if (uffd >= 0)
 		sc(SYS_close, uffd, 0, 0);
@@ -1365,7 +1380,8 @@ static void try_restore(void)
 		return;
 	}
 	// Pass 3: punch what was freed meanwhile and give the offsets back.
-	for (size_t i = 0; i < st.npages; i++) {
+	size_t np = st.nwords * 64 < st.npages ? st.nwords * 64 : st.npages;
+	for (size_t i = 0; i < np; i++) {
 		if ((i % 64) == 0 && st.dbits[i / 64] == 0) {
 			i += 63;
 			continue;
