@@ -67,7 +67,7 @@ enum {
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
-	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323, SYS_rt_sigprocmask = 14,
+	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323, SYS_rt_sigprocmask = 14, SYS_futex = 202,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -87,7 +87,7 @@ enum {
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
 	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
-	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135,
+	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -816,6 +816,20 @@ static void setwhy(const char *w)
 
 #define PAUSE_SIG 62
 static int paused, hold;
+
+// Paused threads and the pausing thread sleep in futex waits, not spin: on
+// a machine with fewer cores than threads, spinning threads take the CPU
+// that the threads still to be paused, and then the write-back, need
+// (measured here: the pause's stop and remap phases varied 3-15 ms with
+// spinning). Raw futex calls are async-signal-safe.
+#define FUTEX_WAIT_PRIVATE 128
+#define FUTEX_WAKE_PRIVATE 129
+static void futex_wait(int *w, int v, long ns)
+{
+	long ts[2] = {0, ns};
+	sc6(SYS_futex, (long)w, FUTEX_WAIT_PRIVATE, v, (long)ts, 0, 0);
+}
+static void futex_wake(int *w) { sc6(SYS_futex, (long)w, FUTEX_WAKE_PRIVATE, 0x7fffffff, 0, 0, 0); }
 static int blocker; // a thread that blocks PAUSE_SIG: it must run the write-back
 static int handler_ok; // 0 unknown, 1 installed, -1 unavailable
 
@@ -834,8 +848,10 @@ static void on_pause(int sig)
 {
 	(void)sig;
 	__atomic_add_fetch(&paused, 1, __ATOMIC_SEQ_CST);
-	for (unsigned long k = 0; __atomic_load_n(&hold, __ATOMIC_ACQUIRE) && k < (1UL << 34); k++)
-		cpu_relax();
+	futex_wake(&paused);
+	// Bounded: 10 ms waits, at most 60 s in all (a write-back takes ms).
+	for (int k = 0; __atomic_load_n(&hold, __ATOMIC_ACQUIRE) && k < 6000; k++)
+		futex_wait(&hold, 1, 10000000);
 	__atomic_sub_fetch(&paused, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -917,6 +933,12 @@ static int others_pausable(void)
 	return 1;
 }
 
+static void resume_others(void)
+{
+	__atomic_store_n(&hold, 0, __ATOMIC_SEQ_CST);
+	futex_wake(&hold);
+}
+
 // pause_others signals every other thread and waits (<= 200 ms) until all
 // spin in the handler (others_pausable checked first; a thread started
 // since that blocks the signal makes this time out). Returns the number
@@ -945,17 +967,16 @@ static int pause_others(void)
 	}
 	sc(SYS_close, fd, 0, 0);
 	long t0 = now_ms();
-	while (__atomic_load_n(&paused, __ATOMIC_SEQ_CST) < n) {
+	for (int p; (p = __atomic_load_n(&paused, __ATOMIC_SEQ_CST)) < n;) {
 		if (now_ms() - t0 > 200) {
-			__atomic_store_n(&hold, 0, __ATOMIC_SEQ_CST);
+			resume_others();
 			return -1;
 		}
-		sc(SYS_sched_yield, 0, 0, 0);
+		futex_wait(&paused, p, 1000000);
 	}
 	return n;
 }
 
-static void resume_others(void) { __atomic_store_n(&hold, 0, __ATOMIC_SEQ_CST); }
 
 // ---- finding the pages to write back --------------------------------------------
 //
@@ -994,15 +1015,24 @@ static int scan_kind; // 0 untried, 1 PAGEMAP_SCAN, -1 pagemap reads only
 
 // scan lists the written anonymous pages of [lo, hi) into regs[] and returns
 // their count (or -1); *next is where to continue when regs[] filled up.
-// wp: write-protect what is reported (PAGEMAP_SCAN with userfaultfd only).
-static long scan(int pm, uint64_t lo, uint64_t hi, int wp, uint64_t *next)
+// wp: write-protect what is reported (PAGEMAP_SCAN with userfaultfd only);
+// that includes the file's own pages (reported with PAGE_IS_FILE, for the
+// caller to skip), so that after a pre-copy the pause can ask for "written"
+// alone: telling file pages from copies costs a page lookup each (2-3 ms
+// per 256 MiB here), "written" is a bit of the page table entry (0.15 ms).
+// A file page mapped after the last pre-copy round is then written back
+// unchanged: harmless.
+// anon_only: report only copies (the check that costs), for a pause without
+// pre-copy.
+static long scan(int pm, uint64_t lo, uint64_t hi, int wp, int anon_only, uint64_t *next)
 {
 	*next = hi;
 	if (scan_kind >= 0) {
 		struct {
 			uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, inverted, mask, anyof, ret;
 		} a = {96, wp ? PM_SCAN_WP_MATCHING : 0, lo, hi, 0, (uint64_t)regs, 1024, 0,
-		       PAGE_IS_FILE, PAGE_IS_WRITTEN | PAGE_IS_FILE, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_WRITTEN};
+		       anon_only ? PAGE_IS_FILE : 0, anon_only ? PAGE_IS_WRITTEN | PAGE_IS_FILE : PAGE_IS_WRITTEN,
+		       PAGE_IS_PRESENT | PAGE_IS_SWAPPED, wp ? PAGE_IS_WRITTEN | PAGE_IS_FILE : PAGE_IS_WRITTEN};
 		// Written, not a file page, and present or swapped: an unpopulated
 		// page of a registered anonymous mapping counts as "written" too.
 		long n = sc(SYS_ioctl, pm, PAGEMAP_SCAN_IOC, &a);
@@ -1064,6 +1094,8 @@ static int pwrite_all(char *a, size_t len)
 static int write_regions(long n, int final, unsigned long *bytes)
 {
 	for (long k = 0; k < n; k++) {
+		if (regs[k].categories & PAGE_IS_FILE)
+			continue; // the file's own page (protected by a pre-copy scan)
 		char *a = (char *)regs[k].start, *e = (char *)regs[k].end;
 		if (a < st.base)
 			a = st.base;
@@ -1169,7 +1201,7 @@ static int precopy(int pm, char *lo, char *hi, unsigned long forks0)
 		uint64_t a = (uint64_t)lo;
 		for (int k = 0; a < (uint64_t)hi && k < (1 << 20); k++) {
 			uint64_t next;
-			long n = scan(pm, a, (uint64_t)hi, 1, &next);
+			long n = scan(pm, a, (uint64_t)hi, 1, 0, &next);
 			if (n < 0 || write_regions(n, 0, &bytes)) {
 				st.bytes_precopy += bytes;
 				return -1;
@@ -1338,7 +1370,7 @@ static void try_restore(void)
 	span(&lo, &hi);
 	for (uint64_t a = (uint64_t)(st.base + lo * PAGE), e = (uint64_t)(st.base + hi * PAGE), k = 0; ok && a < e && k < (1 << 20); k++) {
 		uint64_t next;
-		long n = scan(pm, a, e, 0, &next);
+		long n = scan(pm, a, e, 0, uffd < 0, &next);
 		if (n < 0 || write_regions(n, 1, &st.bytes_pause))
 			ok = 0;
 		if (next <= a)
