@@ -38,10 +38,12 @@
 // the same file offsets: earlier stores are in the file, later ones on either
 // side copy into private DRAM pages. While a child may still read the file
 // the parent never writes it (an untouched private page of the child reads
-// through to the file): new requests are served from anonymous DRAM and frees
+// through to the file): new requests are anonymous memory in the range and frees
 // replace pages with anonymous zero pages instead of punching. The child never
 // touches the file. After the last child exits (pipe EOF), the parent writes
-// its copied pages back and remaps the heap shared (see "back to shared").
+// its copied pages back and remaps the heap shared (see "back to shared";
+// its pre-copy may finish a batch after a new fork: it writes only offsets
+// where the parent, and so the new child, has a private copy).
 //
 // Observability: one stderr line at activation and a status file
 // PATH/pmem-status.<pid> (key=value lines), rewritten with pwrite when the
@@ -302,6 +304,7 @@ static struct {
 	unsigned long ph_precopy, ph_stop, ph_write, ph_remap, ph_punch, ph_pause;
 	unsigned long bytes_pause, bytes_precopy, rounds_precopy;
 	int restoring;         // one thread is in try_restore (maybe without the lock)
+	int noprecopy;         // PMEM_PRECOPY=0: the whole write-back in the pause
 	unsigned long moves, move_fails; // remap_shared: mremap moved / could not move
 	int scrap;             // try_restore moved private copies to scratch: free them
 	char *scratch;         // PROT_NONE range of size bytes: remap_shared moves private maps here
@@ -796,11 +799,22 @@ static void remap_private(void)
 // A child may read any heap page through the file until it exits or execs:
 // each fork gets an O_CLOEXEC pipe whose write end only the child keeps, so
 // EOF on the read end means "no longer sharing" without touching wait().
-// Then the parent's other threads are paused (a real-time signal whose
-// handler spins; bounded wait, retried later on timeout), pages copied since
-// the fork (present and not file-backed in /proc/self/pagemap) are written
-// to the file, pages zeroed or freed meanwhile are punched, and the extents
-// are remapped MAP_SHARED. Nothing here allocates.
+// Then, in the next interposed call on a thread that can pause the others:
+// 1. pre-copy, with every thread running: pages zeroed meanwhile are
+//    punched, then rounds of "list the private pages written since the last
+//    round and write-protect them (PAGEMAP_SCAN + userfaultfd, asynchronous
+//    write-protect: the kernel only records writes), pwrite them" until few
+//    are left (try_restore, precopy);
+// 2. the pause: the other threads wait in a signal handler (real-time
+//    signal 62, futex wait; bounded, retried later on timeout); the pages
+//    written since the last round are written; each private mapping is moved
+//    out of the heap (mremap) and the heap file mapped MAP_SHARED in its
+//    place; the threads resume;
+// 3. after the pause: the moved private copies are freed, deferred frees
+//    punched.
+// Without userfaultfd or PAGEMAP_SCAN (seccomp, kernels before 6.7) step 1
+// is skipped and step 2 writes every private page. Nothing here allocates:
+// buffers are static, one thread restores at a time (st.restoring).
 
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
 static int read_file(const char *path, char *out, size_t cap);
@@ -1322,7 +1336,7 @@ static void try_restore(void)
 	span(&lo, &hi);
 	int uffd = -1;
 	unsigned long forks0 = st.forks;
-	if (hi > lo && scan_kind >= 0 && (uffd = uffd_wp(st.base + lo * PAGE, st.base + hi * PAGE)) >= 0) {
+	if (hi > lo && scan_kind >= 0 && !st.noprecopy && (uffd = uffd_wp(st.base + lo * PAGE, st.base + hi * PAGE)) >= 0) {
 		punch_zbits();
 		unlock();
 		int r = precopy(pm, st.base + lo * PAGE, st.base + hi * PAGE, forks0);
@@ -1945,6 +1959,11 @@ __attribute__((constructor)) static void init(void)
 	const char *tiers = env(environ, en, "MEMKIND_MEM_TIERS");
 	if (!tiers)
 		return; // not configured: nothing to say
+	// PMEM_PRECOPY=0 turns the pre-copy off: what a seccomp profile that
+	// blocks userfaultfd gives (to measure it, and a way out if the
+	// pre-copy ever misbehaves).
+	const char *pc = env(environ, en, "PMEM_PRECOPY");
+	st.noprecopy = pc && pc[0] == '0' && !pc[1];
 	unsigned long limit = 0;
 	if (parse_tiers(tiers, &limit)) {
 		st.mode = OFF;
