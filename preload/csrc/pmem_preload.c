@@ -1153,28 +1153,37 @@ static void span(size_t *lo, size_t *hi)
 			*hi = (v + 1) * 64 < st.npages ? (v + 1) * 64 : st.npages;
 }
 
-// punch_zbits punches the runs of pages replaced by anonymous zeros while
-// private and forgets them: after this their file offsets read zero, and
-// whatever was written there since is an anonymous page the scan reports.
-static void punch_zbits(void)
+// punch_runs punches the file under every run of pages marked in m (within
+// the used part of the bitmaps) and clears the marks. give_back: they are
+// deferred frees, whose offsets become free again.
+static void punch_runs(uint64_t *m, int give_back)
 {
 	size_t np = st.nwords * 64 < st.npages ? st.nwords * 64 : st.npages;
 	for (size_t i = 0; i < np; i++) {
-		if ((i % 64) == 0 && st.zbits[i / 64] == 0) {
+		if ((i % 64) == 0 && m[i / 64] == 0) {
 			i += 63;
 			continue;
 		}
-		if (mbit(st.zbits, i)) {
+		if (mbit(m, i)) {
 			size_t j = i;
-			while (j < np && mbit(st.zbits, j))
+			while (j < np && mbit(m, j))
 				j++;
 			sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(i * PAGE),
 			    (long)((j - i) * PAGE), 0, 0);
-			msetbits(st.zbits, i, j - i, 0);
+			msetbits(m, i, j - i, 0);
+			if (give_back) {
+				setbits(i, j - i, 0);
+				st.mapped -= (j - i) * PAGE;
+			}
 			i = j;
 		}
 	}
 }
+
+// punch_zbits punches the pages replaced by anonymous zeros while private
+// and forgets them: after this their file offsets read zero, and whatever
+// was written there since is an anonymous page the scan reports.
+static void punch_zbits(void) { punch_runs(st.zbits, 0); }
 
 // uffd_wp opens a userfaultfd in asynchronous write-protect mode (no fault
 // is ever delivered to us: the kernel just records "written" per page) and
@@ -1426,23 +1435,7 @@ static void try_restore(void)
 		return;
 	}
 	// Pass 3: punch what was freed meanwhile and give the offsets back.
-	size_t np = st.nwords * 64 < st.npages ? st.nwords * 64 : st.npages;
-	for (size_t i = 0; i < np; i++) {
-		if ((i % 64) == 0 && st.dbits[i / 64] == 0) {
-			i += 63;
-			continue;
-		}
-		if (mbit(st.dbits, i)) {
-			size_t j = i;
-			while (j < st.npages && mbit(st.dbits, j))
-				j++;
-			sc6(SYS_fallocate, st.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (long)(i * PAGE), (long)((j - i) * PAGE), 0, 0);
-			setbits(i, j - i, 0);
-			msetbits(st.dbits, i, j - i, 0);
-			st.mapped -= (j - i) * PAGE;
-			i = j;
-		}
-	}
+	punch_runs(st.dbits, 1);
 	st.privat = 0;
 	st.restores++;
 	long t4 = now_us();

@@ -23,13 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CHECK(cond, what)                                                          \
-	do {                                                                       \
-		if (!(cond)) {                                                     \
-			fprintf(stderr, "FAIL %s (%s:%d)\n", what, __FILE__, __LINE__); \
-			exit(1);                                                   \
-		}                                                                  \
-	} while (0)
+#include "check.h"
 
 enum { PAGES = 4096, PG = 4096, NEWPAGES = 1024 };
 
