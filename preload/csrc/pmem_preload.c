@@ -235,7 +235,7 @@ static int prefix(const char *s, size_t n, const char *p)
 }
 
 struct buf {
-	char b[1024];
+	char b[1536]; // the status file at its longest (paths, reasons) is ~1.1 KiB
 	size_t n;
 };
 static void bput(struct buf *b, const char *s, size_t n)
@@ -425,7 +425,7 @@ static void write_status(void)
 		       "after the children exit)");
 	bs(&b, "\n");
 	// Pad with spaces over a longer earlier text (no ftruncate: cheap, bounded).
-	while (b.n < 640 && b.n < sizeof b.b - 1)
+	while (b.n < 1400 && b.n < sizeof b.b - 1)
 		b.b[b.n++] = ' ';
 	sc6(SYS_pwrite64, st.status_fd, (long)b.b, (long)b.n, 0, 0, 0);
 	st.last_written = st.mapped + st.fallback_bytes;
