@@ -307,6 +307,7 @@ static struct {
 	int noprecopy;         // PMEM_PRECOPY=0: the whole write-back in the pause
 	unsigned long moves, move_fails; // remap_shared: mremap moved / could not move
 	int scrap;             // try_restore moved private copies to scratch: free them
+	int uffd_close;        // then close this userfaultfd + 1 (0: none)
 	char *scratch;         // PROT_NONE range of size bytes: remap_shared moves private maps here
 	size_t scr_lo, scr_hi; // pages of scratch in use until scrap_scratch
 	int pid;
@@ -1082,6 +1083,7 @@ static long scan(int pm, uint64_t lo, uint64_t hi, int wp, int anon_only, uint64
 			}
 			regs[n].start = p;
 			regs[n].end = p + PAGE;
+			regs[n].categories = 0;
 			n++;
 		}
 	}
@@ -1421,9 +1423,11 @@ static void try_restore(void)
 	long t3 = now_us();
 	resume_others();
 	sc6(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&mask, 0, 8, 0, 0);
-	st.scrap = 1; // maybe_restore frees the moved-away copies after unlocking
-	if (uffd >= 0)
-		sc(SYS_close, uffd, 0, 0);
+	// maybe_restore frees the moved-away copies after unlocking, then
+	// closes the userfaultfd (which clears the write protection of what is
+	// still registered: cheaper once the copies are gone).
+	st.scrap = 1;
+	st.uffd_close = uffd + 1;
 	sc(SYS_close, pm, 0, 0);
 	if (maps >= 0)
 		sc(SYS_close, maps, 0, 0);
@@ -1489,6 +1493,9 @@ static void maybe_restore(void)
 		// neither the pause nor the lock held (st.restoring keeps every
 		// other restore out until it is done).
 		scrap_scratch();
+		if (st.uffd_close > 0)
+			sc(SYS_close, st.uffd_close - 1, 0, 0);
+		st.uffd_close = 0;
 		__atomic_store_n(&st.restoring, 0, __ATOMIC_RELEASE);
 	}
 }
