@@ -565,8 +565,8 @@ func (in *injection) plan() error {
 			if runsForkingRedis(c, in.processes) {
 				// Forks are safe (the preload remaps the heap copy-on-write
 				// for the child's life), but not free: say what it costs.
-				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replica sync); on fsdax, pages written during a save are copied to DRAM "+
-					"and written back when it ends, and memory allocated meanwhile stays on DRAM: size the memory limit for it (docs/node.md)", c.Name)
+				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replica sync); on fsdax, pages written and memory allocated during a save "+
+					"are on DRAM until they are written back after it: size the memory limit for it (docs/node.md)", c.Name)
 			}
 			if daemonizes(c) {
 				in.warn("container %q runs redis-server with --daemonize yes: the daemon is a forked child, whose heap the fsdax preload keeps off the shared PMEM file, so it runs on DRAM; run Redis in the foreground", c.Name)

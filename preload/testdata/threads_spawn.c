@@ -17,13 +17,7 @@
 
 extern char **environ;
 
-#define CHECK(cond, what)                                                          \
-	do {                                                                       \
-		if (!(cond)) {                                                     \
-			fprintf(stderr, "FAIL %s (%s:%d)\n", what, __FILE__, __LINE__); \
-			exit(1);                                                   \
-		}                                                                  \
-	} while (0)
+#include "check.h"
 
 enum { THREADS = 8, ROUNDS = 300, M = 1 << 20 };
 

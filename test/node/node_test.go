@@ -356,7 +356,11 @@ const (
 // the last child, the heap goes back to shared PMEM with the parent's data.
 func TestForkSafetyFSDAX(t *testing.T) {
 	p := admit(t, patch.ModeFSDAX, "")
-	s, dumps := forkSnapshots(t, p, "heap on FS_DAX PMEM")
+	var shareBefore float64
+	s, dumps := forkSnapshots(t, p, "heap on FS_DAX PMEM", func(pid int) {
+		onPMEM, anon, _ := heapSplit(t, pid, p.PMEMDir)
+		shareBefore = 100 * float64(onPMEM) / float64(onPMEM+anon)
+	})
 	pid := s.Cmd.Process.Pid
 	c, err := dial(s.Port)
 	if err != nil {
@@ -377,8 +381,14 @@ func TestForkSafetyFSDAX(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	onPMEM, anon, _ := heapSplit(t, pid, p.PMEMDir)
-	t.Logf("fsdax after %d BGSAVEs: status forks=%s restores=%s restore_max_ms=%s heap_shared=%q; resident from the PMEM file %d kB, anonymous %d kB (%.1f%%)",
-		dumps, st["forks"], st["restores"], st["restore_max_ms"], st["heap_shared"], onPMEM, anon, 100*float64(onPMEM)/float64(onPMEM+anon))
+	share := 100 * float64(onPMEM) / float64(onPMEM+anon)
+	t.Logf("fsdax after %d BGSAVEs: status forks=%s restores=%s restore_max_ms=%s heap_shared=%q bytes_fallback_dram=%s; resident from the PMEM file %d kB, anonymous %d kB (%.1f%%; %.1f%% before the saves)",
+		dumps, st["forks"], st["restores"], st["restore_max_ms"], st["heap_shared"], st["bytes_fallback_dram"], onPMEM, anon, share, shareBefore)
+	// What the allocator mapped while the heap was private is written back
+	// with the rest: the heap is back on PMEM, not left on DRAM.
+	if share < shareBefore-5 {
+		t.Errorf("after the saves %.1f%% of the resident heap is on PMEM, %.1f%% before: mappings made during the saves stayed on DRAM", share, shareBefore)
+	}
 	if n, _ := strconv.Atoi(st["forks"]); n < dumps {
 		t.Errorf("status forks=%s, want >= %d", st["forks"], dumps)
 	}
@@ -401,7 +411,7 @@ func TestForkSafetyFSDAX(t *testing.T) {
 // this single-node machine), and fork works: the same 50 BGSAVEs.
 func TestForkSafetyKMEM(t *testing.T) {
 	p := admit(t, patch.ModeKMEM, "")
-	s, _ := forkSnapshots(t, p, "heap on KMEM_DAX")
+	s, _ := forkSnapshots(t, p, "heap on KMEM_DAX", nil)
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/numa_maps", s.Cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)
@@ -428,7 +438,7 @@ func TestForkSafetyKMEM(t *testing.T) {
 // forkSnapshots runs redis-server with the container's args (default save
 // points), a write load and BGSAVEs until bgsaves dumps were written, and
 // checks every dump in a plain DRAM redis-server.
-func forkSnapshots(t *testing.T, p *pod, wantLog string) (*server, int) {
+func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid int)) (*server, int) {
 	t.Helper()
 	port, dir, args := redisArgs(t, p.Args...)
 	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
@@ -438,6 +448,9 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string) (*server, int) {
 		t.Fatalf("the preload did not log %q:\n%s", wantLog, tail(s.Log.String()))
 	}
 	load(t, c, forkKeys, forkSize)
+	if beforeSaves != nil {
+		beforeSaves(s.Cmd.Process.Pid)
+	}
 
 	snaps := t.TempDir()
 	w := startWriter(t, port, forkKeys, forkSize, writerCap, 5*time.Minute)
