@@ -567,6 +567,10 @@ func (in *injection) plan() error {
 				// for the child's life), but not free: say what it costs.
 				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replica sync); on fsdax, pages written and memory allocated during a save "+
 					"are on DRAM until they are written back after it: size the memory limit for it (docs/node.md)", c.Name)
+				if seccompRuntimeDefault(in.pod, c) {
+					in.warn("container %q: seccompProfile RuntimeDefault refuses userfaultfd, so the fsdax write-back after a save writes "+
+						"all copied pages with Redis paused (~0.3-1.2 s/GiB) (docs/node.md)", c.Name)
+				}
 			}
 			if daemonizes(c) {
 				in.warn("container %q runs redis-server with --daemonize yes: the daemon is a forked child, whose heap the fsdax preload keeps off the shared PMEM file, so it runs on DRAM; run Redis in the foreground", c.Name)
@@ -921,6 +925,23 @@ func InitContainer(cfg *Config) corev1.Container {
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
 	}
+}
+
+// seccompRuntimeDefault reports whether container c of pod runs under the
+// runtime's default seccomp profile by its spec (the container's
+// seccompProfile, else the pod's). containerd's default profile (1.6 to 2.x)
+// does not allow userfaultfd, which the fsdax write-back's pre-copy needs
+// (measured in pods: TestPods/fork_write-back). A pod that sets none gets the
+// kubelet's default, RuntimeDefault only with seccompDefault: not visible here.
+func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
+	var sp *corev1.SeccompProfile
+	if pod.Spec.SecurityContext != nil {
+		sp = pod.Spec.SecurityContext.SeccompProfile
+	}
+	if c.SecurityContext != nil && c.SecurityContext.SeccompProfile != nil {
+		sp = c.SecurityContext.SeccompProfile
+	}
+	return sp != nil && sp.Type == corev1.SeccompProfileTypeRuntimeDefault
 }
 
 // runsForkingRedis guesses whether the container runs a Redis that will

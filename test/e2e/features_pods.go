@@ -24,13 +24,13 @@ import (
 
 // PodFeatures are the features that need pods to really run (providers kubelet and kind).
 func PodFeatures(env *Env, penv *PodEnv) []e2etypes.Feature {
-	return []e2etypes.Feature{
+	return append([]e2etypes.Feature{
 		RedisHeapOnPMEM(env, penv),
 		ShellEntrypointStarts(env, penv),
 		RemovingAnnotationRollsBackToDRAM(env, penv),
 		WebhookReplicaLossDuringRollout(env, penv),
 		InitContainerRestricted(env, penv),
-	}
+	}, ForkWriteBackFeatures(env, penv)...)
 }
 
 type podKey struct{}
