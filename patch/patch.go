@@ -1,6 +1,10 @@
 // Package patch turns a pod that opted into PMEM into one that runs its heap
 // on PMEM. It is pure: no client, no HTTP, no clock. The webhook, the offline
 // injector and the tests all call Apply.
+//
+// It owns the whole pod contract: what Apply reads (DecodePartial decodes
+// exactly that from the webhook's raw JSON), what it writes (Operations turns
+// it into JSON patch operations) and the parsed options (Result.Options).
 package patch
 
 import (
@@ -57,6 +61,10 @@ type Result struct {
 	Decision Decision
 	Pod      *corev1.Pod
 	Warnings []string
+	// Options are the pod's annotations as Apply parsed and validated
+	// them; nil when the pod did not ask for PMEM. Callers read these
+	// rather than the raw annotations, so there is one parser.
+	Options *Options
 }
 
 // DeniedError is returned for pods that asked for PMEM but cannot get it as
@@ -132,7 +140,7 @@ func inject(pod *corev1.Pod, cfg *Config, opts *Options, processes []string) (*R
 		return nil, err
 	}
 	out := in.build()
-	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings}, nil
+	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings, Options: opts}, nil
 }
 
 // hasInjectedPieces reports whether any piece the injector adds is there.
@@ -169,7 +177,7 @@ func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []stri
 			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again (pmem-inject on the original manifest)",
 			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload)
 	}
-	return &Result{Decision: AlreadyInjected, Pod: pod}, nil
+	return &Result{Decision: AlreadyInjected, Pod: pod, Options: opts}, nil
 }
 
 // stripInjected returns pod without the pieces the injector adds. It
@@ -942,6 +950,13 @@ func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
 		sp = c.SecurityContext.SeccompProfile
 	}
 	return sp != nil && sp.Type == corev1.SeccompProfileTypeRuntimeDefault
+}
+
+// IsInitContainer reports whether c is the init container Apply adds for
+// cfg (InitContainer), so a caller that caches its encoding can recognise
+// it among the values of the JSON patch.
+func IsInitContainer(c *corev1.Container, cfg *Config) bool {
+	return c.Name == InitContainerName && c.Image == cfg.MemkindImage
 }
 
 // runsForkingRedis guesses whether the container runs a Redis that will

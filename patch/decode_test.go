@@ -1,4 +1,4 @@
-package webhook
+package patch
 
 import (
 	"encoding/json"
@@ -9,29 +9,27 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
-
-	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
-// patchVia runs Apply + BuildPatch on a pod decoded by decode and returns
+// patchVia runs Apply + Operations on a pod decoded by decode and returns
 // the encoded patch, or the denial message.
 func patchVia(t testing.TB, raw []byte, decode func([]byte) (*corev1.Pod, error)) (string, bool) {
 	pod, err := decode(raw)
 	if err != nil {
 		return "decode error", false
 	}
-	res, err := patch.Apply(pod, testConfig())
+	res, err := Apply(pod, testConfig())
 	if err != nil {
 		return "denied: " + err.Error(), true
 	}
-	if res.Decision != patch.Injected {
+	if res.Decision != Injected {
 		return string(res.Decision), true
 	}
-	ops, err := BuildPatch(pod, res.Pod)
+	ops, err := Operations(pod, res.Pod)
 	if err != nil {
-		t.Fatalf("BuildPatch: %v", err)
+		t.Fatalf("Operations: %v", err)
 	}
-	out, err := MarshalPatch(ops)
+	out, err := json.Marshal(ops)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +43,8 @@ func fullDecode(raw []byte) (*corev1.Pod, error) {
 
 // The partial decoder and a full decode must lead to byte-identical
 // patches (or the same denial) for every pod in the test data.
-func TestDecodeForPatchMatchesFullDecode(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("..", "patch", "testdata", "*.yaml"))
+func TestDecodePartialMatchesFullDecode(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.yaml"))
 	if err != nil || len(files) < 10 {
 		t.Fatalf("test pods: %v (%d)", err, len(files))
 	}
@@ -61,7 +59,7 @@ func TestDecodeForPatchMatchesFullDecode(t *testing.T) {
 				t.Fatal(err)
 			}
 			full, ok1 := patchVia(t, raw, fullDecode)
-			partial, ok2 := patchVia(t, raw, decodeForPatch)
+			partial, ok2 := patchVia(t, raw, DecodePartial)
 			if ok1 != ok2 || full != partial {
 				t.Errorf("partial decode diverges:\nfull:    %s\npartial: %s", full, partial)
 			}
@@ -69,8 +67,8 @@ func TestDecodeForPatchMatchesFullDecode(t *testing.T) {
 	}
 }
 
-func FuzzDecodeForPatch(f *testing.F) {
-	files, _ := filepath.Glob(filepath.Join("..", "patch", "testdata", "*.yaml"))
+func FuzzDecodePartial(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.yaml"))
 	for _, file := range files {
 		y, _ := os.ReadFile(file)
 		if raw, err := yaml.YAMLToJSON(y); err == nil {
@@ -87,7 +85,7 @@ func FuzzDecodeForPatch(f *testing.F) {
 		// calling webhooks.
 		raw, _ = json.Marshal(&probe)
 		full, ok1 := patchVia(t, raw, fullDecode)
-		partial, ok2 := patchVia(t, raw, decodeForPatch)
+		partial, ok2 := patchVia(t, raw, DecodePartial)
 		if ok1 != ok2 || !reflect.DeepEqual(full, partial) {
 			t.Fatalf("partial decode diverges for %s:\nfull:    %s\npartial: %s", raw, full, partial)
 		}
