@@ -92,7 +92,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		}
 		return allowed, DecisionSkipped
 	}
-	if derr == nil && direct == "false" {
+	if derr == nil && !patch.DirectValueNeedsAdmission(direct) {
 		return allowed, DecisionSkipped
 	}
 
