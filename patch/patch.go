@@ -239,9 +239,9 @@ func injectedDiff(have, want *corev1.Pod) string {
 				case !hok && wok:
 					return fmt.Sprintf("container %q lacks %s", hc.Name, name)
 				case hok && !wok:
-					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, abbreviate(hv, 100))
+					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, Abbreviate(hv, 100))
 				case hv != wv:
-					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, abbreviate(hv, 100), abbreviate(wv, 100))
+					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, Abbreviate(hv, 100), Abbreviate(wv, 100))
 				}
 			}
 			if !slices.Equal(ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts)) {
@@ -301,7 +301,7 @@ func ownMounts(ms []corev1.VolumeMount) []string {
 // pod silently runs on DRAM. The webhook and pmem-inject both use it.
 func LabelOptInWarning(value string) string {
 	return fmt.Sprintf("label %s=%q has no effect: the PMEM opt-in is an annotation; move it to metadata.annotations (for a workload: spec.template.metadata.annotations)",
-		AnnotationDirect, abbreviate(value, 40))
+		AnnotationDirect, Abbreviate(value, 40))
 }
 
 // LabelOS is the well-known node label that says a node's operating system.
@@ -594,7 +594,7 @@ func (in *injection) plan() error {
 					k, have, k, want)
 			}
 		}
-		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", formatSelector(in.cfg.KMEMNodeSelector))
+		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", FormatSelector(in.cfg.KMEMNodeSelector))
 	}
 
 	for _, t := range in.targets {
@@ -603,7 +603,7 @@ func (in *injection) plan() error {
 		for _, e := range c.Env {
 			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
 				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
-					c.Name, EnvLDPreload, abbreviate(e.Value, 60))
+					c.Name, EnvLDPreload, Abbreviate(e.Value, 60))
 			}
 		}
 	}
@@ -663,7 +663,7 @@ func (in *injection) warnEnvFrom(c *corev1.Container) {
 			from += fmt.Sprintf(" (prefix %q)", src.Prefix)
 		}
 		in.warn("container %q: envFrom %s may set %s, which the injected env %s overrides; if it does, set %s in env instead (it is joined with the PMEM preload)",
-			c.Name, abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
+			c.Name, Abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
 	}
 }
 
@@ -990,9 +990,10 @@ func runsForkingRedis(c *corev1.Container, processes []string) bool {
 	return !saveOff || aofOn
 }
 
-// abbreviate keeps warnings under the 256 characters the apiserver
-// passes on untruncated.
-func abbreviate(s string, n int) string {
+// Abbreviate bounds a value quoted in a warning or an error message to n
+// bytes (plus "..."): warnings stay under the 256 characters the apiserver
+// passes on untruncated, and a hostile value cannot make a message large.
+func Abbreviate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -1033,7 +1034,9 @@ func copyMap(m map[string]string) map[string]string {
 	return out
 }
 
-func formatSelector(m map[string]string) string {
+// FormatSelector renders a node selector as sorted k="v" pairs, for
+// messages and logs (values quoted: a value may contain "," or "=").
+func FormatSelector(m map[string]string) string {
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, k+"="+strconv.Quote(m[k]))

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"github.com/buger/jsonparser"
 	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
 // MaxBodyBytes bounds an AdmissionReview body. The apiserver refuses
@@ -133,11 +136,11 @@ func parseReview(body []byte) (admission.Request, error) {
 		switch idx {
 		case pathAPIVersion:
 			if vt != jsonparser.String || string(value) != reviewAPIVersion {
-				parseErr = fmt.Errorf("apiVersion %s is not supported: only admission.k8s.io/v1 (set admissionReviewVersions: [v1])", abbreviate(value))
+				parseErr = fmt.Errorf("apiVersion %s is not supported: only admission.k8s.io/v1 (set admissionReviewVersions: [v1])", quoteBounded(value))
 			}
 		case pathKind:
 			if vt != jsonparser.String || string(value) != "AdmissionReview" {
-				parseErr = fmt.Errorf("kind %s is not AdmissionReview", abbreviate(value))
+				parseErr = fmt.Errorf("kind %s is not AdmissionReview", quoteBounded(value))
 			}
 		case pathUID:
 			req.UID = types.UID(str())
@@ -190,14 +193,9 @@ func parseReview(body []byte) (admission.Request, error) {
 
 const reviewAPIVersion = "admission.k8s.io/v1"
 
-// abbreviate quotes a raw JSON value for an error message, bounded so a
+// quoteBounded quotes a raw JSON value for an error message, bounded so a
 // hostile body cannot make the answer large.
-func abbreviate(v []byte) string {
-	if len(v) > 64 {
-		return fmt.Sprintf("%q...", v[:64])
-	}
-	return fmt.Sprintf("%q", v)
-}
+func quoteBounded(v []byte) string { return strconv.Quote(patch.Abbreviate(string(v), 64)) }
 
 func pathName(idx int) string {
 	name := ""

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // row is one image class.
@@ -111,7 +112,7 @@ func TestMatrix(t *testing.T) {
 	}
 	bin := binDir(t)
 	closure := filepath.Join(bin, "pmem-memkind")
-	if _, err := os.Stat(filepath.Join(closure, "libpmem-preload.so")); err != nil {
+	if _, err := os.Stat(filepath.Join(closure, preload.FileName)); err != nil {
 		missing(t, "no staged closure in %s (make preload stage-memkind): %v", closure, err)
 	}
 	for _, tool := range []string{"redis-benchmark", "gosu"} {

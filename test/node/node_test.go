@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 const mib = 1 << 20
@@ -188,10 +189,10 @@ func TestHeapOnPMEM(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if strings.Join(names, " ") != "MANIFEST libpmem-preload.so" {
+	if strings.Join(names, " ") != "MANIFEST "+preload.FileName {
 		t.Errorf("installed closure %v, want the preload and its MANIFEST", names)
 	}
-	if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, "libpmem-preload.so")); len(paths) == 0 {
+	if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, preload.FileName)); len(paths) == 0 {
 		t.Errorf("the preload is not mapped from the installed closure %s", p.LibDir)
 	}
 	if vers, err := readAll(c, keys); err != nil {
@@ -246,7 +247,7 @@ func TestEntrypointShell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(maps), "libpmem-preload.so") {
+	if !strings.Contains(string(maps), preload.FileName) {
 		t.Error("sleep did not get the preload: the env is not container-wide as in the pod")
 	}
 	if strings.Contains(string(maps), p.PMEMDir) {
