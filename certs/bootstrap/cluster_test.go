@@ -71,15 +71,7 @@ func TestMain(m *testing.M) {
 // binaries are not built (unless PMEM_E2E_REQUIRE is set).
 func controlPlane(t *testing.T) *cluster.ControlPlane {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a control plane")
-	}
-	if _, err := cluster.FindBinaries(""); err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv("PMEM_E2E_REQUIRE") == "" {
-			t.Skipf("%v; `make test-controlplane` builds them", err)
-		}
-		t.Fatal(err)
-	}
+	cluster.RequireBinaries(t, "test-selfsigned")
 	cpOnce.Do(func() { cp, cpErr = cluster.Start(context.Background(), cluster.Options{}) })
 	if cpErr != nil {
 		t.Fatal(cpErr)

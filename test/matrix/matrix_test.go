@@ -31,6 +31,7 @@ import (
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
 
 // row is one image class.
@@ -83,11 +84,7 @@ func binDir(t *testing.T) string {
 // missing skips, or fails under PMEM_MATRIX_REQUIRED=1.
 func missing(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("PMEM_MATRIX_REQUIRED") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	gate.Skip(t, gate.Matrix, fmt.Sprintf(format, args...))
 }
 
 // result is one row of the printed table.

@@ -31,6 +31,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/memkindinit"
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
 
 // workDir holds everything built once per test binary.
@@ -61,11 +62,7 @@ func need(t *testing.T, tools ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("node tier needs %s (apt-get install redis-server redis-tools gcc)", strings.Join(missing, ", "))
-	if os.Getenv("PMEM_NODE_REQUIRED") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	gate.Skip(t, gate.Node, fmt.Sprintf("node tier needs %s (apt-get install redis-server redis-tools gcc)", strings.Join(missing, ", ")))
 }
 
 // image is the memkind init image's content, built once: the staged
