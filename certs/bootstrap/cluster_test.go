@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -51,6 +50,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/server"
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 var (
@@ -630,7 +630,11 @@ func TestBinary(t *testing.T) {
 	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	webhookPort, healthPort := freePort(t), freePort(t)
+	ports, err := proc.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webhookPort, healthPort := ports[0], ports[1]
 	certDir := filepath.Join(dir, "certs")
 	o := in.opts
 	cmd := exec.Command(bin,
@@ -690,16 +694,6 @@ func TestBinary(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Error("webhook still running 30s after SIGTERM")
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {

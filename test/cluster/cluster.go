@@ -13,7 +13,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -209,11 +208,11 @@ func (cp *ControlPlane) start(name, bin string, args ...string) (*proc.Process, 
 }
 
 func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, error) {
-	clientPort, err := freePort()
+	clientPort, err := proc.FreePort()
 	if err != nil {
 		return "", err
 	}
-	peerPort, err := freePort()
+	peerPort, err := proc.FreePort()
 	if err != nil {
 		return "", err
 	}
@@ -249,7 +248,7 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, erro
 }
 
 func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string, pki *pki) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -310,7 +309,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string,
 }
 
 func (cp *ControlPlane) startControllerManager(ctx context.Context, bin string, pki *pki) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -384,15 +383,6 @@ func WaitForDefaultServiceAccount(ctx context.Context, cfg *rest.Config, ns stri
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func httpClient(cfg *rest.Config) (*http.Client, error) {

@@ -475,11 +475,11 @@ volumePluginDir: %[5]q
 `
 
 func (n *Node) startKubelet(ctx context.Context, so StartOptions) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
-	healthPort, err := freePort()
+	healthPort, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -520,7 +520,7 @@ func (n *Node) startKubelet(ctx context.Context, so StartOptions) error {
 }
 
 func (n *Node) startScheduler(ctx context.Context, so StartOptions) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -885,15 +885,6 @@ func listNetns() map[string]bool {
 		m[e.Name()] = true
 	}
 	return m
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // ContainerRootReadOnly reports whether the OCI spec containerd ran a container with (by the

@@ -32,6 +32,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
 	"github.com/pmem-webhook/pmem-webhook/test/gate"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 // row is one image class.
@@ -373,7 +374,10 @@ func runRow(t *testing.T, bin, closure string, r row) {
 // measures placement, then SHUTDOWN NOSAVE must make it exit 0.
 func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res result) {
 	res.row = r.name
-	port := freePort(t)
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	args := []string{server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.workIn,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
 	if r.gosu {
@@ -386,7 +390,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := s.command(ctx, args...)
-	var log lockedBuffer
+	var log proc.LockedBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %q: %v", args, err)
@@ -472,7 +476,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 }
 
 // shutdown sends SHUTDOWN NOSAVE with the row's cli: the server must exit 0.
-func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *lockedBuffer) result {
+func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *proc.LockedBuffer) result {
 	t.Helper()
 	out, err := cliCmd("SHUTDOWN", "NOSAVE")
 	if err != nil {
@@ -570,37 +574,10 @@ func smapsRSS(pid int, dirs []string) (pmemKB, anonKB int64, err error) {
 	return pmemKB, anonKB, sc.Err()
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
 		return strings.TrimSpace(s[i+1:])
 	}
 	return s
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

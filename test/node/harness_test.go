@@ -13,7 +13,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +31,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
 	"github.com/pmem-webhook/pmem-webhook/test/gate"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 // workDir holds everything built once per test binary.
@@ -255,7 +255,7 @@ type server struct {
 	Cmd    *exec.Cmd
 	Port   int
 	Dir    string
-	Log    *lockedBuffer
+	Log    *proc.LockedBuffer
 	exited chan struct{}
 	err    error
 }
@@ -264,7 +264,7 @@ type server struct {
 // and waits until it answers PING.
 func startRedis(t *testing.T, env []string, argv ...string) *server {
 	t.Helper()
-	s := &server{Log: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &server{Log: &proc.LockedBuffer{}, exited: make(chan struct{})}
 	s.Cmd = exec.Command(argv[0], argv[1:]...)
 	s.Cmd.Env = append(baseEnv(), env...)
 	s.Cmd.Stdout = s.Log
@@ -282,7 +282,10 @@ func startRedis(t *testing.T, env []string, argv ...string) *server {
 // data dir. The container's own args come after.
 func redisArgs(t *testing.T, extra ...string) (port int, dir string, args []string) {
 	t.Helper()
-	port = freePort(t)
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir = t.TempDir()
 	args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--dbfilename", "dump.rdb", "--daemonize", "no", "--logfile", ""}, extra...)
@@ -335,33 +338,6 @@ func (s *server) Stop() {
 		_ = s.Cmd.Process.Kill()
 		<-s.exited
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // procStatus returns the kB fields of /proc/PID/status we care about.
