@@ -33,6 +33,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/preload"
 	"github.com/pmem-webhook/pmem-webhook/test/gate"
 	"github.com/pmem-webhook/pmem-webhook/test/proc"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
 // row is one image class.
@@ -439,10 +440,14 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 	}
 	t.Logf("redis-benchmark: %s", lastLine(string(bout)))
 
-	pmemKB, anonKB, err := smapsRSS(cmd.Process.Pid, []string{s.pmemDir, s.pmemIn})
+	// The pmem volume as the host and as the process see it: a chroot does
+	// not change the reader's view. Copy-on-write copies in private file
+	// mappings are DRAM: FileKB leaves them out, AnonKB counts them.
+	u, err := smaps.Read(cmd.Process.Pid, s.pmemDir+"/", s.pmemIn+"/")
 	if err != nil {
 		t.Error(err)
 	}
+	pmemKB, anonKB := u.FileKB(), u.AnonKB
 	res.pmemKB, res.anonKB, res.measured = pmemKB, anonKB, pmemKB+anonKB > 0
 	if res.measured {
 		res.share = float64(pmemKB) / float64(pmemKB+anonKB)
@@ -526,52 +531,6 @@ func waitReady(port int, exited <-chan struct{}, limit time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("not answering PING on 127.0.0.1:%d in %v", port, limit)
-}
-
-// smapsRSS returns, in kB from /proc/PID/smaps, the resident file pages of
-// mappings of files under any of dirs (the pmem volume, as the host and as
-// the process see it: a chroot does not change the reader's view) and the
-// process's anonymous resident memory. "Anonymous:" counts the
-// copy-on-write copies in private file mappings too: those are DRAM, so they
-// are taken off the PMEM side and counted on the anonymous one.
-func smapsRSS(pid int, dirs []string) (pmemKB, anonKB int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	in := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = false
-			if len(fields) >= 6 {
-				path := strings.Join(fields[5:], " ")
-				for _, d := range dirs {
-					in = in || strings.HasPrefix(path, d+"/")
-				}
-			}
-			continue
-		}
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.ParseInt(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			if in {
-				pmemKB += n
-			}
-		case "Anonymous:":
-			anonKB += n
-			if in {
-				pmemKB -= n
-			}
-		}
-	}
-	return pmemKB, anonKB, sc.Err()
 }
 
 func lastLine(s string) string {

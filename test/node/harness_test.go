@@ -32,6 +32,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/preload"
 	"github.com/pmem-webhook/pmem-webhook/test/gate"
 	"github.com/pmem-webhook/pmem-webhook/test/proc"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
 // workDir holds everything built once per test binary.
@@ -361,86 +362,25 @@ func procStatus(t *testing.T, pid int) map[string]int64 {
 	return out
 }
 
-// mappedRSS sums, from /proc/PID/smaps, the resident kB of mappings whose
-// path starts with prefix, and returns the distinct paths.
-// heapSplit returns, in kB, the Rss of file pages of mappings whose path is
-// under dir (Rss - Anonymous: copy-on-write copies of a private file
-// mapping are DRAM) and the Anonymous Rss of the whole process.
+// heapSplit returns, in kB, the resident file pages of mappings under dir
+// (on PMEM: copy-on-write copies are left out), the anonymous resident size
+// of the whole process (DRAM), and the distinct files mapped.
 func heapSplit(t *testing.T, pid int, dir string) (onPMEM, anon int64, files []string) {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	u, err := smaps.Read(pid, dir+"/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[string]bool{}
-	in := false
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = len(fields) >= 6 && strings.HasPrefix(strings.Join(fields[5:], " "), dir+"/")
-			if in {
-				seen[strings.Join(fields[5:], " ")] = true
-			}
-			continue
-		}
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.ParseInt(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			if in {
-				onPMEM += n
-			}
-		case "Anonymous:":
-			anon += n
-			if in {
-				onPMEM -= n
-			}
-		}
-	}
-	for p := range seen {
-		files = append(files, p)
-	}
-	sort.Strings(files)
-	return onPMEM, anon, files
+	return u.FileKB(), u.AnonKB, u.Files()
 }
 
+// mappedRSS returns the resident kB of mappings whose path starts with
+// prefix, and their distinct paths.
 func mappedRSS(t *testing.T, pid int, prefix string) (int64, []string) {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	u, err := smaps.Read(pid, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var total int64
-	seen := map[string]bool{}
-	in := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = false
-			if len(fields) >= 6 {
-				path := strings.Join(fields[5:], " ")
-				if strings.HasPrefix(path, prefix) {
-					in = true
-					seen[path] = true
-				}
-			}
-			continue
-		}
-		if in && len(fields) >= 2 && fields[0] == "Rss:" {
-			n, _ := strconv.ParseInt(fields[1], 10, 64)
-			total += n
-		}
-	}
-	paths := make([]string, 0, len(seen))
-	for p := range seen {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	return total, paths
+	return u.RSSKB, u.Files()
 }
