@@ -184,15 +184,9 @@ func TestStatusFile(t *testing.T) {
 
 func readStatus(t *testing.T, dir string, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "pmem-status."+strconv.Itoa(pid)))
+	m, err := ReadStatus(dir, pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			m[k] = v
-		}
 	}
 	return m
 }

@@ -205,15 +205,9 @@ func TestHeapOnPMEM(t *testing.T) {
 // statusFile reads the preload's record PMEMDIR/pmem-status.PID.
 func statusFile(t *testing.T, dir string, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("pmem-status.%d", pid)))
+	m, err := preload.ReadStatus(dir, pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			m[k] = v
-		}
 	}
 	return m
 }
