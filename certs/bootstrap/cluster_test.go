@@ -659,15 +659,8 @@ func TestBinary(t *testing.T) {
 	})
 
 	poll(t, 60*time.Second, "webhook ready", func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
+		_, err := proc.Get(context.Background(), http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
+		return err
 	})
 	pool := x509.NewCertPool()
 	for _, wh := range in.config(t).Webhooks {

@@ -17,10 +17,8 @@ package kubelet
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -340,24 +338,11 @@ func (n *Node) startScheduler(ctx context.Context, so StartOptions) error {
 	if err != nil {
 		return err
 	}
-	// Its own self-signed serving certificate on loopback: nothing to verify against.
-	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback health probe
-	}}
+	// Its own self-signed serving certificate on loopback.
+	insecure := proc.LoopbackProbeClient()
 	url := "https://127.0.0.1:" + strconv.Itoa(port) + "/readyz"
 	return p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := insecure.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s: %s", url, resp.Status)
-		}
-		return nil
+		_, err := proc.Get(ctx, insecure, url)
+		return err
 	})
 }

@@ -114,15 +114,8 @@ func StartWebhookProcessLayout(ctx context.Context, bin, dir string, layout Cert
 	defer cancel()
 	client := &http.Client{Timeout: time.Second}
 	if err := w.process.WaitFor(ctx, 50*time.Millisecond, func(ctx context.Context) error {
-		resp, err := client.Get(w.HealthURL)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
+		_, err := proc.Get(ctx, client, w.HealthURL)
+		return err
 	}); err != nil {
 		w.Kill()
 		return nil, err
