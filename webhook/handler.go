@@ -76,7 +76,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return allowed, DecisionSkipped
 	}
 
-	// Still without decoding the pod: read the opt-in annotation. Pods
+	// Still without decoding the pod: read the opt-in annotation and apply
+	// the opt-in rule (patch.NeedsAdmission; TestOptInFastPath). Pods
 	// that opted out stop here. Pods marked injected (reinvocation,
 	// offline injection) do not: the status annotation is copied along
 	// with manifests without what it describes, so patch.Apply checks
