@@ -15,8 +15,9 @@ import (
 // Operations diffs: annotations, node selector, the names of volumes,
 // per container (app and init) its name, image, command, args, memory
 // limit, mounts, env, envFrom, restartPolicy and securityContext
-// windowsOptions and runAsUser, spec.securityContext fsGroup, and spec.os and
-// the node affinity (Windows markers).
+// windowsOptions, runAsUser and seccompProfile, spec.securityContext
+// fsGroup and seccompProfile, and spec.os and the node affinity (Windows
+// markers).
 // Everything else (probes, ports, the rest of security contexts, the
 // values of unrelated env vars) is never decoded: on large pods that is
 // most of the bytes, and reflection-driven decoding of them was the whole
@@ -84,9 +85,10 @@ func DecodePartial(raw []byte) (*corev1.Pod, error) {
 				WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
 				RunAsUser      *int64                                `json:"runAsUser"`
 				FSGroup        *int64                                `json:"fsGroup"`
+				SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 			}
-			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil) {
-				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup}
+			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil || sc.SeccompProfile != nil) {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup, SeccompProfile: sc.SeccompProfile}
 			}
 		case "affinity":
 			var a struct {
@@ -265,9 +267,10 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 				var sc struct {
 					WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
 					RunAsUser      *int64                                `json:"runAsUser"`
+					SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 				}
-				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil) {
-					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser}
+				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.SeccompProfile != nil) {
+					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, SeccompProfile: sc.SeccompProfile}
 				}
 			case "envFrom":
 				// Rare and short: decoded whole, for the LD_PRELOAD check.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,8 +23,11 @@ func patchVia(t testing.TB, raw []byte, decode func([]byte) (*corev1.Pod, error)
 	if err != nil {
 		return "denied: " + err.Error(), true
 	}
+	// The warnings are part of the answer too: a field the partial decode
+	// drops can silence one (seccompProfile did).
+	warnings := strings.Join(res.Warnings, "\n")
 	if res.Decision != Injected {
-		return string(res.Decision), true
+		return string(res.Decision) + "\n" + warnings, true
 	}
 	ops, err := Operations(pod, res.Pod)
 	if err != nil {
@@ -33,7 +37,7 @@ func patchVia(t testing.TB, raw []byte, decode func([]byte) (*corev1.Pod, error)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(out), true
+	return string(out) + "\n" + warnings, true
 }
 
 func fullDecode(raw []byte) (*corev1.Pod, error) {
@@ -90,4 +94,25 @@ func FuzzDecodePartial(f *testing.F) {
 			t.Fatalf("partial decode diverges for %s:\nfull:    %s\npartial: %s", raw, full, partial)
 		}
 	})
+}
+
+// Fields that only change a warning must survive the partial decode too:
+// seccompProfile RuntimeDefault (pod or container) warns about the fsdax
+// write-back, and the webhook decodes partially.
+func TestDecodePartialKeepsWarningFields(t *testing.T) {
+	for name, raw := range map[string]string{
+		"container seccompProfile": `{"metadata":{"name":"r","annotations":{"pmem.alibabacloud.com/direct":"true"}},"spec":{"containers":[{"name":"redis","image":"redis:7","securityContext":{"seccompProfile":{"type":"RuntimeDefault"}},"resources":{"limits":{"memory":"1Gi"}}}]}}`,
+		"pod seccompProfile":       `{"metadata":{"name":"r","annotations":{"pmem.alibabacloud.com/direct":"true"}},"spec":{"securityContext":{"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"redis","image":"redis:7","resources":{"limits":{"memory":"1Gi"}}}]}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			full, _ := patchVia(t, []byte(raw), fullDecode)
+			partial, _ := patchVia(t, []byte(raw), DecodePartial)
+			if !strings.Contains(full, "seccompProfile RuntimeDefault") {
+				t.Fatalf("no seccomp warning even from the full decode:\n%s", full)
+			}
+			if full != partial {
+				t.Errorf("partial decode diverges:\nfull:    %s\npartial: %s", full, partial)
+			}
+		})
+	}
 }
