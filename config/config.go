@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -98,20 +97,6 @@ func ParseSelector(s string) (map[string]string, error) {
 	return out, nil
 }
 
-// FormatSelector is the inverse of ParseSelector, sorted for stable output.
-func FormatSelector(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + m[k]
-	}
-	return strings.Join(parts, ",")
-}
-
 func splitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
@@ -124,7 +109,7 @@ func splitList(s string) []string {
 
 // String renders a config for a startup log line.
 func String(c *patch.Config) string {
-	return fmt.Sprintf("memkindImage=%s defaultStorageClass=%s allowedStorageClasses=%s sizeFactor=%s libDir=%s kmemNodeSelector=%q targetProcesses=%s",
+	return fmt.Sprintf("memkindImage=%s defaultStorageClass=%s allowedStorageClasses=%s sizeFactor=%s libDir=%s kmemNodeSelector=%s targetProcesses=%s",
 		c.MemkindImage, c.DefaultStorageClass, strings.Join(c.AllowedStorageClasses, ","), strconv.FormatFloat(c.SizeFactor, 'g', -1, 64),
-		c.LibDir, FormatSelector(c.KMEMNodeSelector), strings.Join(c.TargetProcesses, ","))
+		c.LibDir, patch.FormatSelector(c.KMEMNodeSelector), strings.Join(c.TargetProcesses, ","))
 }

@@ -2,8 +2,6 @@ package deploy_test
 
 import (
 	"context"
-	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -37,15 +35,7 @@ var resources = map[string]schema.GroupVersionResource{
 // matchCondition, and then shows the failure policy's blast radius. Under failurePolicy Fail,
 // only annotated pods outside the excluded namespaces are rejected; every other pod is created.
 func TestApplyToAPIServer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a control plane")
-	}
-	if _, err := cluster.FindBinaries(""); err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv("PMEM_E2E_REQUIRE") == "" {
-			t.Skipf("%v; `make controlplane-bins` builds them", err)
-		}
-		t.Fatal(err)
-	}
+	cluster.RequireBinaries(t, "controlplane-bins")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cp, err := cluster.Start(ctx, cluster.Options{Logf: t.Logf})

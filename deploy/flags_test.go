@@ -8,24 +8,13 @@ import (
 
 	"github.com/pmem-webhook/pmem-webhook/certs/bootstrap"
 	"github.com/pmem-webhook/pmem-webhook/config"
+	"github.com/pmem-webhook/pmem-webhook/server"
 )
 
-// serverFlags mirrors the flags cmd/pmem-webhook defines itself (package main cannot be
-// imported); the injection flags come from the real config.Register and the self-signed flags
-// from the real bootstrap.Register, so the settings the manifests pass are parsed and validated
-// by the webhook's own code.
-func serverFlags(fs *flag.FlagSet) {
-	fs.String("bind-address", "", "")
-	fs.Int("port", 9443, "")
-	fs.String("cert-dir", "", "")
-	fs.String("health-addr", "", "")
-	fs.String("metrics-addr", "", "")
-	fs.Duration("shutdown-timeout", 0, "")
-	fs.Duration("shutdown-delay", 0, "")
-	fs.Int("v", 0, "")
-	fs.Bool("check-claims", true, "")
-}
-
+// The manifests' args are parsed by the webhook's own flag set: the server
+// flags from server.Register, the injection flags from config.Register and
+// the self-signed flags from bootstrap.Register, exactly as cmd/pmem-webhook
+// registers them, so an arg the binary would reject fails here.
 func TestManifestArgsParse(t *testing.T) {
 	k, err := RenderDefault()
 	if err != nil {
@@ -49,7 +38,7 @@ func TestManifestArgsParse(t *testing.T) {
 			args := r.deployment.Spec.Template.Spec.Containers[0].Args
 			fs := flag.NewFlagSet("pmem-webhook", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
-			serverFlags(fs)
+			serverFlags := server.Register(fs)
 			inject := config.Register(fs)
 			selfSigned := bootstrap.Register(fs)
 			if err := fs.Parse(args); err != nil {
@@ -90,7 +79,7 @@ func TestManifestArgsParse(t *testing.T) {
 					}
 				}
 			}
-			if d := fs.Lookup("shutdown-timeout").Value.(flag.Getter).Get().(time.Duration); d <= 0 {
+			if d := serverFlags.Options().ShutdownTimeout; d <= 0 {
 				t.Errorf("--shutdown-timeout %s, want > 0", d)
 			}
 			if name == "helm kmem" && (cfg.KMEMNodeSelector["pmem.example/kmem"] != "true" || cfg.KMEMNodeSelector["zone"] != "a" || cfg.SizeFactor != 1.5) {

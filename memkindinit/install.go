@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // tempPrefix marks files being written; a restarted init container removes
@@ -85,11 +87,11 @@ func Install(o InstallOptions) (*InstallResult, error) {
 	names := m.Names()
 	order := make([]string, 0, len(names))
 	for _, n := range names {
-		if n != PreloadName {
+		if n != preload.FileName {
 			order = append(order, n)
 		}
 	}
-	order = append(order, PreloadName)
+	order = append(order, preload.FileName)
 	for _, n := range order {
 		if err := installFile(filepath.Join(src, n), dst, n, m[n], 0o755); err != nil {
 			return nil, err

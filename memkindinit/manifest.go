@@ -23,9 +23,6 @@ import (
 // `sha256sum -c MANIFEST` works too.
 const ManifestName = "MANIFEST"
 
-// PreloadName is the library the webhook puts into LD_PRELOAD.
-const PreloadName = "libpmem-preload.so"
-
 // MemkindName is memkind's library, which closures staged for the old malloc
 // interposer carried. The page-level preload does not load it; it is kept as
 // the name of an optional extra library (pmem-stage --memkind).

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // fixture builds a small closure with gcc: a preload, a libmemkind.so.0
@@ -34,7 +36,7 @@ func fixture(t *testing.T) string {
 		"-Wl,--enable-new-dtags,-rpath,$ORIGIN", src)
 	gcc("-shared", "-fPIC", "-o", filepath.Join(dir, MemkindName), "-Wl,-soname,"+MemkindName,
 		"-Wl,--enable-new-dtags,-rpath,$ORIGIN", "-Wl,--no-as-needed", src, "-L"+dir, "-l:libdep.so.1")
-	gcc("-shared", "-fPIC", "-o", filepath.Join(dir, PreloadName), src)
+	gcc("-shared", "-fPIC", "-o", filepath.Join(dir, preload.FileName), src)
 	writeManifest(t, dir)
 	return dir
 }
@@ -72,7 +74,7 @@ func TestInstallFreshThenIdempotent(t *testing.T) {
 	if res.Unchanged {
 		t.Fatal("first install reported Unchanged")
 	}
-	want := []string{"libdep.so.1", MemkindName, PreloadName, ManifestName}
+	want := []string{"libdep.so.1", MemkindName, preload.FileName, ManifestName}
 	if strings.Join(res.Files, " ") != strings.Join(want, " ") {
 		t.Fatalf("installed %v, want %v (preload after the libraries, MANIFEST last)", res.Files, want)
 	}
@@ -208,7 +210,7 @@ func TestInstallRejectsBrokenSource(t *testing.T) {
 		{
 			name: "preload not listed",
 			breakIt: func(t *testing.T, src string) {
-				os.Remove(filepath.Join(src, PreloadName))
+				os.Remove(filepath.Join(src, preload.FileName))
 				writeManifest(t, src)
 			},
 			wantErr: "SRC/MANIFEST does not list libpmem-preload.so",
@@ -307,14 +309,14 @@ func TestIsGlibc(t *testing.T) {
 
 // TestStagePreloadOnly: the default closure is the preload and its MANIFEST.
 func TestStagePreloadOnly(t *testing.T) {
-	pre := filepath.Join(fixture(t), PreloadName)
+	pre := filepath.Join(fixture(t), preload.FileName)
 	out := filepath.Join(t.TempDir(), "closure")
 	m, err := Stage(context.Background(), StageOptions{Preload: pre, Out: out})
 	if err != nil {
 		t.Fatalf("Stage: %v", err)
 	}
-	if got := strings.Join(m.Names(), " "); got != PreloadName {
-		t.Errorf("staged %s, want only %s", got, PreloadName)
+	if got := strings.Join(m.Names(), " "); got != preload.FileName {
+		t.Errorf("staged %s, want only %s", got, preload.FileName)
 	}
 	if err := Verify(out, m); err != nil {
 		t.Error(err)
@@ -335,7 +337,7 @@ func TestStageRealMemkind(t *testing.T) {
 	if err != nil {
 		t.Skipf("libmemkind0 not installed: %v", err)
 	}
-	pre := filepath.Join(fixture(t), PreloadName)
+	pre := filepath.Join(fixture(t), preload.FileName)
 	out := filepath.Join(t.TempDir(), "closure")
 	m, err := Stage(ctx, StageOptions{Preload: pre, Memkind: mk, Out: out})
 	if err != nil {
@@ -346,7 +348,7 @@ func TestStageRealMemkind(t *testing.T) {
 			t.Errorf("glibc library %s was copied", n)
 		}
 	}
-	for _, n := range []string{MemkindName, "libnuma.so.1", "libdaxctl.so.1", PreloadName} {
+	for _, n := range []string{MemkindName, "libnuma.so.1", "libdaxctl.so.1", preload.FileName} {
 		if _, ok := m[n]; !ok {
 			t.Errorf("closure lacks %s: %v", n, m.Names())
 		}

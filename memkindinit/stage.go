@@ -10,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // StageOptions say where the parts of the closure come from.
@@ -69,7 +71,7 @@ func Stage(ctx context.Context, o StageOptions) (Manifest, error) {
 			return nil, fmt.Errorf("stage %s: patchelf --set-rpath: %w: %s", name, err, bytes.TrimSpace(out))
 		}
 	}
-	if err := copyFile(o.Preload, filepath.Join(o.Out, PreloadName), 0o755); err != nil {
+	if err := copyFile(o.Preload, filepath.Join(o.Out, preload.FileName), 0o755); err != nil {
 		return nil, fmt.Errorf("stage preload: %w", err)
 	}
 	entries, err := os.ReadDir(o.Out)

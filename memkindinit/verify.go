@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // Origin is the RUNPATH every staged library carries, so that the loader
@@ -93,7 +95,7 @@ func inspectELF(path string) (*libInfo, error) {
 // name, and every DT_NEEDED is either in the closure or part of glibc.
 func Verify(dir string, m Manifest) error {
 	var errs []error
-	for _, req := range []string{PreloadName} {
+	for _, req := range []string{preload.FileName} {
 		if _, ok := m[req]; !ok {
 			errs = append(errs, fmt.Errorf("%s does not list %s", filepath.Join(dir, ManifestName), req))
 		}
@@ -118,7 +120,7 @@ func Verify(dir string, m Manifest) error {
 			errs = append(errs, err)
 			continue
 		}
-		if name != PreloadName {
+		if name != preload.FileName {
 			if info.Runpath != Origin {
 				errs = append(errs, fmt.Errorf("%s: RUNPATH %q, want %q (stage with patchelf --set-rpath '$ORIGIN')", path, info.Runpath, Origin))
 			}

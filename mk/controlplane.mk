@@ -20,11 +20,11 @@ controlplane-bins:
 ## test-controlplane: run the harness tests and every e2e feature against a real control plane (never skips)
 test-controlplane: controlplane-bins
 	PMEM_CONTROLPLANE_BIN_DIR="$(CONTROLPLANE_BIN)" PMEM_E2E_REQUIRE=1 E2E_PROVIDER=local \
-		$(GO) test -count=1 -timeout $(CONTROLPLANE_TEST_TIMEOUT) ./test/cluster/... ./test/e2e/... ./cmd/pmem-demo/... ./deploy/...
+		$(GO) test -count=1 -timeout $(CONTROLPLANE_TEST_TIMEOUT) ./test/cluster/... ./test/e2e/... ./test/demo/... ./deploy/...
 
 ## demo: start the control plane and the webhook, apply deploy/examples/redis-pmem.yaml, show the pod and PVC, stop
 demo: controlplane-bins
-	PMEM_CONTROLPLANE_BIN_DIR="$(CONTROLPLANE_BIN)" $(GO) run ./cmd/pmem-demo
+	PMEM_CONTROLPLANE_BIN_DIR="$(CONTROLPLANE_BIN)" $(GO) run ./test/demo
 
 ## clean-controlplane: remove the built control-plane binaries (all versions)
 clean-controlplane:

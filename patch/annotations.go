@@ -93,16 +93,14 @@ func invalid(key, value, format string, args ...any) error {
 
 // Requested reports whether the pod opted in. A malformed opt-in value is
 // an error rather than a silent skip: a user who wrote "yes" meant it.
+// It is false without an error exactly when NeedsAdmission is false.
 func Requested(annotations map[string]string) (bool, error) {
-	v, ok := annotations[AnnotationDirect]
-	if !ok {
+	if !NeedsAdmission(annotations) {
 		return false, nil
 	}
-	switch v {
-	case "true":
+	v := annotations[AnnotationDirect]
+	if v == "true" {
 		return true, nil
-	case "false":
-		return false, nil
 	}
 	return false, invalid(AnnotationDirect, v, `must be "true" or "false"`)
 }

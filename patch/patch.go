@@ -1,6 +1,10 @@
 // Package patch turns a pod that opted into PMEM into one that runs its heap
 // on PMEM. It is pure: no client, no HTTP, no clock. The webhook, the offline
 // injector and the tests all call Apply.
+//
+// It owns the whole pod contract: what Apply reads (DecodePartial decodes
+// exactly that from the webhook's raw JSON), what it writes (Operations turns
+// it into JSON patch operations) and the parsed options (Result.Options).
 package patch
 
 import (
@@ -57,6 +61,10 @@ type Result struct {
 	Decision Decision
 	Pod      *corev1.Pod
 	Warnings []string
+	// Options are the pod's annotations as Apply parsed and validated
+	// them; nil when the pod did not ask for PMEM. Callers read these
+	// rather than the raw annotations, so there is one parser.
+	Options *Options
 }
 
 // DeniedError is returned for pods that asked for PMEM but cannot get it as
@@ -132,7 +140,7 @@ func inject(pod *corev1.Pod, cfg *Config, opts *Options, processes []string) (*R
 		return nil, err
 	}
 	out := in.build()
-	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings}, nil
+	return &Result{Decision: Injected, Pod: out, Warnings: in.warnings, Options: opts}, nil
 }
 
 // hasInjectedPieces reports whether any piece the injector adds is there.
@@ -169,7 +177,7 @@ func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []stri
 			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again (pmem-inject on the original manifest)",
 			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload)
 	}
-	return &Result{Decision: AlreadyInjected, Pod: pod}, nil
+	return &Result{Decision: AlreadyInjected, Pod: pod, Options: opts}, nil
 }
 
 // stripInjected returns pod without the pieces the injector adds. It
@@ -231,9 +239,9 @@ func injectedDiff(have, want *corev1.Pod) string {
 				case !hok && wok:
 					return fmt.Sprintf("container %q lacks %s", hc.Name, name)
 				case hok && !wok:
-					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, abbreviate(hv, 100))
+					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, Abbreviate(hv, 100))
 				case hv != wv:
-					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, abbreviate(hv, 100), abbreviate(wv, 100))
+					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, Abbreviate(hv, 100), Abbreviate(wv, 100))
 				}
 			}
 			if !slices.Equal(ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts)) {
@@ -293,7 +301,7 @@ func ownMounts(ms []corev1.VolumeMount) []string {
 // pod silently runs on DRAM. The webhook and pmem-inject both use it.
 func LabelOptInWarning(value string) string {
 	return fmt.Sprintf("label %s=%q has no effect: the PMEM opt-in is an annotation; move it to metadata.annotations (for a workload: spec.template.metadata.annotations)",
-		AnnotationDirect, abbreviate(value, 40))
+		AnnotationDirect, Abbreviate(value, 40))
 }
 
 // LabelOS is the well-known node label that says a node's operating system.
@@ -586,7 +594,7 @@ func (in *injection) plan() error {
 					k, have, k, want)
 			}
 		}
-		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", formatSelector(in.cfg.KMEMNodeSelector))
+		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", FormatSelector(in.cfg.KMEMNodeSelector))
 	}
 
 	for _, t := range in.targets {
@@ -595,7 +603,7 @@ func (in *injection) plan() error {
 		for _, e := range c.Env {
 			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
 				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
-					c.Name, EnvLDPreload, abbreviate(e.Value, 60))
+					c.Name, EnvLDPreload, Abbreviate(e.Value, 60))
 			}
 		}
 	}
@@ -655,7 +663,7 @@ func (in *injection) warnEnvFrom(c *corev1.Container) {
 			from += fmt.Sprintf(" (prefix %q)", src.Prefix)
 		}
 		in.warn("container %q: envFrom %s may set %s, which the injected env %s overrides; if it does, set %s in env instead (it is joined with the PMEM preload)",
-			c.Name, abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
+			c.Name, Abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
 	}
 }
 
@@ -944,6 +952,13 @@ func seccompRuntimeDefault(pod *corev1.Pod, c *corev1.Container) bool {
 	return sp != nil && sp.Type == corev1.SeccompProfileTypeRuntimeDefault
 }
 
+// IsInitContainer reports whether c is the init container Apply adds for
+// cfg (InitContainer), so a caller that caches its encoding can recognise
+// it among the values of the JSON patch.
+func IsInitContainer(c *corev1.Container, cfg *Config) bool {
+	return c.Name == InitContainerName && c.Image == cfg.MemkindImage
+}
+
 // runsForkingRedis guesses whether the container runs a Redis that will
 // fork for persistence: it must be a target of the preload, and its
 // command line must not switch both RDB snapshots and AOF off.
@@ -975,9 +990,10 @@ func runsForkingRedis(c *corev1.Container, processes []string) bool {
 	return !saveOff || aofOn
 }
 
-// abbreviate keeps warnings under the 256 characters the apiserver
-// passes on untruncated.
-func abbreviate(s string, n int) string {
+// Abbreviate bounds a value quoted in a warning or an error message to n
+// bytes (plus "..."): warnings stay under the 256 characters the apiserver
+// passes on untruncated, and a hostile value cannot make a message large.
+func Abbreviate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
@@ -1018,7 +1034,9 @@ func copyMap(m map[string]string) map[string]string {
 	return out
 }
 
-func formatSelector(m map[string]string) string {
+// FormatSelector renders a node selector as sorted k="v" pairs, for
+// messages and logs (values quoted: a value may contain "," or "=").
+func FormatSelector(m map[string]string) string {
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, k+"="+strconv.Quote(m[k]))

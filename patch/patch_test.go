@@ -13,6 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml from the current output")
@@ -417,5 +419,14 @@ func TestDerivedSizeBounds(t *testing.T) {
 				t.Errorf("PVC request = %s, want %s", req.String(), tc.wantPVC)
 			}
 		})
+	}
+}
+
+// The webhook names the preload in LD_PRELOAD; the init image ships it
+// under preload.FileName. patch keeps its own constant (it stays free of
+// the preload's build code), tied here.
+func TestPreloadLibraryIsThePreload(t *testing.T) {
+	if PreloadLibrary != preload.FileName {
+		t.Errorf("patch.PreloadLibrary = %q, preload.FileName = %q", PreloadLibrary, preload.FileName)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -49,4 +50,26 @@ func Build(ctx context.Context, cc, out string) error {
 		return fmt.Errorf("build preload: %s %s: %w\n%s", cc, strings.Join(args, " "), err, b)
 	}
 	return nil
+}
+
+// StatusPath is the record the preload keeps for process pid in dir (the
+// PMEM volume root, or its heap/ subdirectory for a server that cannot
+// write the root): key=value lines (mode, bytes_mapped_pmem, forks, ...).
+func StatusPath(dir string, pid int) string {
+	return filepath.Join(dir, "pmem-status."+strconv.Itoa(pid))
+}
+
+// ReadStatus reads the record at StatusPath(dir, pid) into a map.
+func ReadStatus(dir string, pid int) (map[string]string, error) {
+	b, err := os.ReadFile(StatusPath(dir, pid))
+	if err != nil {
+		return nil, fmt.Errorf("preload status: %w", err)
+	}
+	m := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
 }

@@ -10,16 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// skip skips, or fails under PMEM_NODE_REQUIRED=1 (make test-node).
-func skip(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("PMEM_NODE_REQUIRED") == "1" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
-}
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
+)
 
 // setup builds the preload and the semantics test program and returns the
 // lib dir and the program's path.
@@ -27,7 +20,7 @@ func setup(t *testing.T) (libDir, prog string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := exec.LookPath("gcc"); err != nil {
-		skip(t, "gcc not installed")
+		gate.Skip(t, gate.Node, "gcc not installed")
 	}
 	libDir = t.TempDir()
 	if err := Build(ctx, "", filepath.Join(libDir, FileName)); err != nil {
@@ -48,7 +41,7 @@ func TestFreestanding(t *testing.T) {
 	lib := filepath.Join(libDir, FileName)
 	out, err := exec.Command("readelf", "-d", "-V", lib).CombinedOutput()
 	if err != nil {
-		skip(t, "readelf: "+err.Error())
+		gate.Skip(t, gate.Node, "readelf: "+err.Error())
 	}
 	for _, bad := range []string{"NEEDED", "GLIBC_", "VERNEED"} {
 		if strings.Contains(string(out), bad) {
@@ -191,15 +184,9 @@ func TestStatusFile(t *testing.T) {
 
 func readStatus(t *testing.T, dir string, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "pmem-status."+strconv.Itoa(pid)))
+	m, err := ReadStatus(dir, pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			m[k] = v
-		}
 	}
 	return m
 }
@@ -253,11 +240,11 @@ func TestShellToolsUnderPreload(t *testing.T) {
 func TestMusl(t *testing.T) {
 	libDir, _ := setup(t)
 	if _, err := exec.LookPath("musl-gcc"); err != nil {
-		skip(t, "musl-gcc not installed (apt-get install musl-tools)")
+		gate.Skip(t, gate.Node, "musl-gcc not installed (apt-get install musl-tools)")
 	}
 	const loader = "/lib/ld-musl-x86_64.so.1"
 	if _, err := os.Stat(loader); err != nil {
-		skip(t, "no musl dynamic loader: "+err.Error())
+		gate.Skip(t, gate.Node, "no musl dynamic loader: "+err.Error())
 	}
 	prog := filepath.Join(t.TempDir(), "semantics-musl")
 	if out, err := exec.Command("musl-gcc", "-O1", "-Wl,-dynamic-linker,"+loader, "-o", prog, "testdata/semantics.c").CombinedOutput(); err != nil {
@@ -463,7 +450,7 @@ func TestWriteBack(t *testing.T) {
 				// userfaultfd or PAGEMAP_SCAN refused (a seccomp
 				// profile, a kernel before 6.7): the write-back was
 				// still checked, the pre-copy was not.
-				skip(t, "no pre-copy on this machine (userfaultfd/PAGEMAP_SCAN unavailable): "+string(out))
+				gate.Skip(t, gate.Node, "no pre-copy on this machine (userfaultfd/PAGEMAP_SCAN unavailable): "+string(out))
 			case tc.wantPrecopy && got["bytes_pause"] == 0:
 				t.Errorf("no page was written between the pre-copy and the pause in %d cycles: the case under test did not happen", got["cycles"])
 			}

@@ -51,19 +51,12 @@ func (h *Handler) checkClaim(ctx context.Context, namespace, claim string) (deni
 	ok, err := h.Claims.ClaimExists(ctx, namespace, claim)
 	switch {
 	case err != nil:
-		return nil, fmt.Sprintf("could not verify that PersistentVolumeClaim %q exists in namespace %q (%v); the pod stays Pending if it does not", claim, namespace, truncate(err.Error(), 80))
+		return nil, fmt.Sprintf("could not verify that PersistentVolumeClaim %q exists in namespace %q (%v); the pod stays Pending if it does not", claim, namespace, patch.Abbreviate(err.Error(), 80))
 	case !ok:
 		return &patch.InvalidAnnotationError{Key: patch.AnnotationClaim, Value: claim,
 			Allowed: fmt.Sprintf("PersistentVolumeClaim %q not found in namespace %q: create it first, or remove the annotation to get a generated PMEM volume", claim, namespace)}, ""
 	}
 	return nil, ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }
 
 // ClaimLookupFunc adapts a function to ClaimLookup.

@@ -1,6 +1,7 @@
-// Package webhook is the admission side of pmem-webhook: it decodes pod
-// CREATE requests, calls patch.Apply and answers with a JSON patch,
-// warnings, or a denial the user can act on.
+// Package webhook is the admission side of pmem-webhook: it reads the
+// AdmissionReview envelope (review.go), hands the pod to patch (DecodePartial,
+// Apply, Operations) and answers with a JSON patch, warnings, or a denial the
+// user can act on (response.go).
 package webhook
 
 import (
@@ -75,7 +76,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return allowed, DecisionSkipped
 	}
 
-	// Still without decoding the pod: read the opt-in annotation. Pods
+	// Still without decoding the pod: read the opt-in annotation and apply
+	// the opt-in rule (patch.NeedsAdmission; TestOptInFastPath). Pods
 	// that opted out stop here. Pods marked injected (reinvocation,
 	// offline injection) do not: the status annotation is copied along
 	// with manifests without what it describes, so patch.Apply checks
@@ -91,11 +93,11 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		}
 		return allowed, DecisionSkipped
 	}
-	if derr == nil && direct == "false" {
+	if derr == nil && !patch.DirectValueNeedsAdmission(direct) {
 		return allowed, DecisionSkipped
 	}
 
-	pod, err := decodeForPatch(req.Object.Raw)
+	pod, err := patch.DecodePartial(req.Object.Raw)
 	if err != nil {
 		h.Log.Error(err, "cannot decode pod", "namespace", req.Namespace, "uid", req.UID)
 		return admission.Errored(http.StatusBadRequest, errors.New("request object is not a valid v1 Pod: "+err.Error())), DecisionErrored
@@ -116,7 +118,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		return allowed, DecisionSkipped
 	}
 
-	denial, warning := h.checkClaim(ctx, req.Namespace, pod.Annotations[patch.AnnotationClaim])
+	denial, warning := h.checkClaim(ctx, req.Namespace, res.Options.Claim)
 	if denial != nil {
 		log.Info("denied", "reason", denial.Error())
 		return admission.Denied("pmem-webhook: " + denial.Error()), DecisionDenied
@@ -125,7 +127,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 		res.Warnings = append(res.Warnings, warning)
 	}
 
-	ops, err := BuildPatch(pod, res.Pod)
+	ops, err := patch.Operations(pod, res.Pod)
 	if err != nil {
 		log.Error(err, "cannot build JSON patch")
 		return admission.Errored(http.StatusInternalServerError, err), DecisionErrored

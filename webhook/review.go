@@ -2,19 +2,15 @@ package webhook
 
 import (
 	"bytes"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"sync"
 
 	"github.com/buger/jsonparser"
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -140,11 +136,11 @@ func parseReview(body []byte) (admission.Request, error) {
 		switch idx {
 		case pathAPIVersion:
 			if vt != jsonparser.String || string(value) != reviewAPIVersion {
-				parseErr = fmt.Errorf("apiVersion %s is not supported: only admission.k8s.io/v1 (set admissionReviewVersions: [v1])", abbreviate(value))
+				parseErr = fmt.Errorf("apiVersion %s is not supported: only admission.k8s.io/v1 (set admissionReviewVersions: [v1])", quoteBounded(value))
 			}
 		case pathKind:
 			if vt != jsonparser.String || string(value) != "AdmissionReview" {
-				parseErr = fmt.Errorf("kind %s is not AdmissionReview", abbreviate(value))
+				parseErr = fmt.Errorf("kind %s is not AdmissionReview", quoteBounded(value))
 			}
 		case pathUID:
 			req.UID = types.UID(str())
@@ -197,14 +193,9 @@ func parseReview(body []byte) (admission.Request, error) {
 
 const reviewAPIVersion = "admission.k8s.io/v1"
 
-// abbreviate quotes a raw JSON value for an error message, bounded so a
+// quoteBounded quotes a raw JSON value for an error message, bounded so a
 // hostile body cannot make the answer large.
-func abbreviate(v []byte) string {
-	if len(v) > 64 {
-		return fmt.Sprintf("%q...", v[:64])
-	}
-	return fmt.Sprintf("%q", v)
-}
+func quoteBounded(v []byte) string { return strconv.Quote(patch.Abbreviate(string(v), 64)) }
 
 func pathName(idx int) string {
 	name := ""
@@ -215,99 +206,4 @@ func pathName(idx int) string {
 		name += p
 	}
 	return name
-}
-
-// appendJSONString quotes s for JSON; UIDs are UUIDs, so the loop is the
-// path taken, and json.Marshal covers anything else correctly.
-func appendJSONString(buf []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			q, _ := json.Marshal(s)
-			return append(buf, q...)
-		}
-	}
-	buf = append(buf, '"')
-	buf = append(buf, s...)
-	return append(buf, '"')
-}
-
-// writeAllowed writes an allowed response, with its patch and warnings if
-// any, without reflection: it answers every pod that is not denied.
-func (h *Handler) writeAllowed(w io.Writer, uid types.UID, resp admission.Response) error {
-	var p []byte
-	if len(resp.Patches) > 0 {
-		var err error
-		if p, err = marshalPatch(resp.Patches, h.marshalValue); err != nil {
-			return err
-		}
-	}
-	buf := make([]byte, 0, 160+base64.StdEncoding.EncodedLen(len(p)))
-	buf = append(buf, `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":`...)
-	buf = appendJSONString(buf, string(uid))
-	buf = append(buf, `,"allowed":true`...)
-	if len(resp.Patches) > 0 {
-		buf = append(buf, `,"patchType":"JSONPatch","patch":"`...)
-		buf = base64.StdEncoding.AppendEncode(buf, p)
-		buf = append(buf, '"')
-	}
-	if len(resp.Warnings) > 0 {
-		warnings, err := json.Marshal(resp.Warnings)
-		if err != nil {
-			return err
-		}
-		buf = append(buf, `,"warnings":`...)
-		buf = append(buf, warnings...)
-	}
-	buf = append(buf, "}}\n"...)
-	_, err := w.Write(buf)
-	return err
-}
-
-// marshalValue encodes one patch value. The init container depends only on
-// the configuration, so its encoding is computed once.
-func (h *Handler) marshalValue(v any) ([]byte, error) {
-	switch c := v.(type) {
-	case corev1.Container:
-		if h.isInitContainer(&c) {
-			return h.initContainerJSON()
-		}
-	case []corev1.Container:
-		if len(c) == 1 && h.isInitContainer(&c[0]) {
-			init, err := h.initContainerJSON()
-			if err != nil {
-				return nil, err
-			}
-			return append(append([]byte{'['}, init...), ']'), nil
-		}
-	}
-	return json.Marshal(v)
-}
-
-func (h *Handler) isInitContainer(c *corev1.Container) bool {
-	return c.Name == patch.InitContainerName && c.Image == h.Config.MemkindImage
-}
-
-func (h *Handler) initContainerJSON() ([]byte, error) {
-	h.initOnce.Do(func() {
-		h.initJSON, h.initErr = json.Marshal(patch.InitContainer(h.Config))
-	})
-	return h.initJSON, h.initErr
-}
-
-func writeReview(w io.Writer, uid types.UID, resp admission.Response) error {
-	out := resp.AdmissionResponse
-	out.UID = uid
-	if len(resp.Patches) > 0 {
-		p, err := MarshalPatch(resp.Patches)
-		if err != nil {
-			return err
-		}
-		pt := admissionv1.PatchTypeJSONPatch
-		out.Patch, out.PatchType = p, &pt
-	}
-	return json.NewEncoder(w).Encode(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: reviewAPIVersion, Kind: "AdmissionReview"},
-		Response: &out,
-	})
 }

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -51,6 +50,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/server"
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 var (
@@ -71,15 +71,7 @@ func TestMain(m *testing.M) {
 // binaries are not built (unless PMEM_E2E_REQUIRE is set).
 func controlPlane(t *testing.T) *cluster.ControlPlane {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a control plane")
-	}
-	if _, err := cluster.FindBinaries(""); err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv("PMEM_E2E_REQUIRE") == "" {
-			t.Skipf("%v; `make test-controlplane` builds them", err)
-		}
-		t.Fatal(err)
-	}
+	cluster.RequireBinaries(t, "test-selfsigned")
 	cpOnce.Do(func() { cp, cpErr = cluster.Start(context.Background(), cluster.Options{}) })
 	if cpErr != nil {
 		t.Fatal(cpErr)
@@ -638,7 +630,11 @@ func TestBinary(t *testing.T) {
 	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	webhookPort, healthPort := freePort(t), freePort(t)
+	ports, err := proc.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webhookPort, healthPort := ports[0], ports[1]
 	certDir := filepath.Join(dir, "certs")
 	o := in.opts
 	cmd := exec.Command(bin,
@@ -663,15 +659,8 @@ func TestBinary(t *testing.T) {
 	})
 
 	poll(t, 60*time.Second, "webhook ready", func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
+		_, err := proc.Get(context.Background(), http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/readyz", healthPort))
+		return err
 	})
 	pool := x509.NewCertPool()
 	for _, wh := range in.config(t).Webhooks {
@@ -698,16 +687,6 @@ func TestBinary(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Error("webhook still running 30s after SIGTERM")
 	}
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {

@@ -15,7 +15,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
-	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
 
 // injector rewrites a stream of manifests.
@@ -238,7 +237,7 @@ func (in *injector) template(tmpl map[string]any, header string, owner map[strin
 	if res.Decision != patch.Injected {
 		return false, nil
 	}
-	ops, err := webhook.BuildPatch(pod, res.Pod)
+	ops, err := patch.Operations(pod, res.Pod)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", header, err)
 	}

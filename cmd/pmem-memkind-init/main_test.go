@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pmem-webhook/pmem-webhook/memkindinit"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // The init container runs as uid 65532 (restricted PodSecurity). These tests
@@ -50,14 +51,14 @@ func closure(t *testing.T, dir string) string {
 	os.WriteFile(c, []byte("int x(void) { return 0; }\n"), 0o644)
 	for _, args := range [][]string{
 		{"-shared", "-fPIC", "-o", filepath.Join(src, memkindinit.MemkindName), "-Wl,-soname," + memkindinit.MemkindName, "-Wl,--enable-new-dtags,-rpath,$ORIGIN", c},
-		{"-shared", "-fPIC", "-o", filepath.Join(src, memkindinit.PreloadName), c},
+		{"-shared", "-fPIC", "-o", filepath.Join(src, preload.FileName), c},
 	} {
 		if out, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
 			t.Fatalf("gcc: %v\n%s", err, out)
 		}
 	}
 	m := memkindinit.Manifest{}
-	for _, n := range []string{memkindinit.MemkindName, memkindinit.PreloadName} {
+	for _, n := range []string{memkindinit.MemkindName, preload.FileName} {
 		out, err := exec.Command("sha256sum", filepath.Join(src, n)).Output()
 		if err != nil {
 			t.Skipf("sha256sum: %v", err)

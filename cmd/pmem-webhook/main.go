@@ -10,14 +10,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/pmem-webhook/pmem-webhook/certs/bootstrap"
 	"github.com/pmem-webhook/pmem-webhook/config"
-	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/server"
 	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
@@ -31,23 +29,7 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("pmem-webhook", flag.ContinueOnError)
-	var (
-		o           server.Options
-		logLevel    int
-		checkClaims bool
-	)
-	fs.StringVar(&o.BindAddress, "bind-address", "", "address the webhook listens on (empty: all)")
-	fs.IntVar(&o.Port, "port", 9443, "TLS port of the webhook")
-	fs.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory with the serving certificate and key (reloaded on change)")
-	fs.StringVar(&o.CertName, "cert-name", "tls.crt", "certificate file name in --cert-dir")
-	fs.StringVar(&o.KeyName, "key-name", "tls.key", "key file name in --cert-dir")
-	fs.DurationVar(&o.CertReloadInterval, "cert-reload-interval", 10*time.Second, "how often the certificate files are re-read even without a change event")
-	fs.StringVar(&o.HealthAddr, "health-addr", ":8081", "address of /healthz and /readyz (empty disables)")
-	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":8080", "address of /metrics (empty disables)")
-	fs.DurationVar(&o.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "how long in-flight admissions may take to finish on SIGTERM")
-	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, keep serving this long (unready, Connection: close) so clients drain pooled connections before the listener closes")
-	fs.BoolVar(&checkClaims, "check-claims", true, "refuse pods whose "+patch.AnnotationClaim+" names a PersistentVolumeClaim that does not exist (RBAC: get persistentvolumeclaims); without it such pods are admitted and stay Pending")
-	fs.IntVar(&logLevel, "v", 0, "log verbosity: 0 logs decisions that change or deny a pod, 1 also pass-throughs")
+	serverFlags := server.Register(fs)
 	inject := config.Register(fs)
 	selfSigned := bootstrap.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -60,6 +42,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	o := serverFlags.Options()
 	o.Config = cfg
 	boot, err := selfSigned.Load()
 	if err != nil {
@@ -68,11 +51,11 @@ func run(args []string) error {
 
 	// Structured JSON logs through the standard library; logr is what
 	// controller-runtime's pieces expect.
-	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-logLevel)})
+	handler := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-serverFlags.LogLevel())})
 	o.Log = logr.FromSlogHandler(handler)
 	o.Log.Info("starting", "config", config.String(cfg))
 
-	if checkClaims {
+	if serverFlags.CheckClaims() {
 		// Fail soft: a webhook that cannot reach the API still injects;
 		// claim pods then get a warning instead of a check.
 		if restCfg, err := selfSigned.RESTConfig(); err != nil {

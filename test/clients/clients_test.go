@@ -26,14 +26,13 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/deploy"
 	"github.com/pmem-webhook/pmem-webhook/test/clients"
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
 
 const (
 	// envClientsBin holds helm and kustomize as `make tools` builds them from tools/go.mod;
 	// default <repo>/bin/tools. kubectl comes from the control-plane directory (build.sh).
 	envClientsBin = "PMEM_CLIENTS_BIN_DIR"
-	// envRequire turns missing binaries into a failure instead of a skip (make test-clients).
-	envRequire = "PMEM_E2E_REQUIRE"
 
 	installSection    = "## Installing on a cluster"
 	quickStartSection = "## Quick start"
@@ -61,12 +60,10 @@ func setup(t *testing.T) *env {
 	if testing.Short() {
 		t.Skip("runs the real clients (-short)")
 	}
+	// A skip, or a failure under make test-clients (gate.ControlPlane).
 	skipOrFail := func(err error) {
 		t.Helper()
-		if os.Getenv(envRequire) == "" {
-			t.Skipf("%v; `make test-clients` builds them", err)
-		}
-		t.Fatal(err)
+		gate.Skip(t, gate.ControlPlane, fmt.Sprintf("%v; `make test-clients` builds them", err))
 	}
 	root, err := cluster.RepoRoot()
 	if err != nil {

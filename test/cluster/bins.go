@@ -7,6 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
+
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
 
 // EnvBinDir overrides where the control-plane binaries are looked up.
@@ -144,4 +147,21 @@ func FindBinaries(dir string) (Binaries, error) {
 		return b, fmt.Errorf("%w: %s missing in %s", ErrBinariesMissing, strings.Join(missing, ", "), dir)
 	}
 	return b, nil
+}
+
+// RequireBinaries is the gate of every test that starts a control plane:
+// it skips under -short, and when the binaries are not built, unless
+// gate.ControlPlane is set (then it fails). target names the make target
+// that builds them, for the skip message.
+func RequireBinaries(t testing.TB, target string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a control plane (-short)")
+	}
+	if _, err := FindBinaries(""); err != nil {
+		if errors.Is(err, ErrBinariesMissing) {
+			gate.Skip(t, gate.ControlPlane, fmt.Sprintf("%v; `make %s` builds them", err, target))
+		}
+		t.Fatal(err)
+	}
 }

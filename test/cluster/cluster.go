@@ -10,10 +10,7 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -209,11 +206,11 @@ func (cp *ControlPlane) start(name, bin string, args ...string) (*proc.Process, 
 }
 
 func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, error) {
-	clientPort, err := freePort()
+	clientPort, err := proc.FreePort()
 	if err != nil {
 		return "", err
 	}
-	peerPort, err := freePort()
+	peerPort, err := proc.FreePort()
 	if err != nil {
 		return "", err
 	}
@@ -236,7 +233,7 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, erro
 	}
 	client := &http.Client{Timeout: 2 * time.Second}
 	err = p.WaitFor(ctx, 100*time.Millisecond, func(ctx context.Context) error {
-		body, err := get(ctx, client, clientURL+"/health")
+		body, err := proc.Get(ctx, client, clientURL+"/health")
 		if err != nil {
 			return err
 		}
@@ -249,7 +246,7 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, bin string) (string, erro
 }
 
 func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string, pki *pki) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -298,7 +295,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string,
 		return err
 	}
 	return p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
-		body, err := get(ctx, client, cp.Config.Host+"/readyz")
+		body, err := proc.Get(ctx, client, cp.Config.Host+"/readyz")
 		if err != nil {
 			return err
 		}
@@ -310,7 +307,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, bin, etcdURL string,
 }
 
 func (cp *ControlPlane) startControllerManager(ctx context.Context, bin string, pki *pki) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -330,14 +327,10 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, bin string, 
 	if err != nil {
 		return err
 	}
-	// /healthz of a loopback process serving a cert it generated itself:
-	// nothing to verify it against, and nothing secret is exchanged.
-	insecure := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // loopback health probe
-	}}
+	insecure := proc.LoopbackProbeClient()
 	healthURL := "https://127.0.0.1:" + strconv.Itoa(port) + "/healthz"
 	if err := p.WaitFor(ctx, 200*time.Millisecond, func(ctx context.Context) error {
-		body, err := get(ctx, insecure, healthURL)
+		body, err := proc.Get(ctx, insecure, healthURL)
 		if err != nil {
 			return err
 		}
@@ -386,41 +379,12 @@ func WaitForDefaultServiceAccount(ctx context.Context, cfg *rest.Config, ns stri
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func httpClient(cfg *rest.Config) (*http.Client, error) {
 	tlsCfg, err := rest.TLSConfigFor(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("TLS config: %w", err)
 	}
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}, nil
-}
-
-func get(ctx context.Context, client *http.Client, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
-	return strings.TrimSpace(string(body)), nil
 }
 
 func writeKubeconfig(path string, cfg *rest.Config) (string, error) {

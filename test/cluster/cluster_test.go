@@ -85,23 +85,8 @@ func TestFindBinariesMissing(t *testing.T) {
 	}
 }
 
-// binariesOrSkip skips when the control plane is not built, unless
-// PMEM_E2E_REQUIRE is set (make test-controlplane).
-func binariesOrSkip(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a control plane")
-	}
-	if _, err := FindBinaries(""); err != nil {
-		if errors.Is(err, ErrBinariesMissing) && os.Getenv("PMEM_E2E_REQUIRE") == "" {
-			t.Skipf("%v; `make test-controlplane` builds them", err)
-		}
-		t.Fatal(err)
-	}
-}
-
 func TestStartStop(t *testing.T) {
-	binariesOrSkip(t)
+	RequireBinaries(t, "test-controlplane")
 	ctx := context.Background()
 	cp, err := Start(ctx, Options{Logf: t.Logf})
 	if err != nil {
@@ -175,7 +160,7 @@ func TestNoOrphansWhenKilled(t *testing.T) {
 		helperStartAndBlock()
 		return
 	}
-	binariesOrSkip(t)
+	RequireBinaries(t, "test-controlplane")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestNoOrphansWhenKilled$", "-test.v")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
 	cmd.Stderr = os.Stderr
@@ -275,7 +260,7 @@ func TestStartFailureCleansUp(t *testing.T) {
 // configuration with only clientConfig changed (URL + test CA), and the
 // apiserver calls the in-process server through it.
 func TestWebhookRegisteredFromDeploy(t *testing.T) {
-	binariesOrSkip(t)
+	RequireBinaries(t, "test-controlplane")
 	ctx := context.Background()
 	cp, err := Start(ctx, Options{Logf: t.Logf})
 	if err != nil {

@@ -18,12 +18,8 @@ import (
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
-
-// EnvRequire makes missing control-plane binaries a failure instead of a
-// skip: `make test-controlplane` sets it after building them, so CI can never
-// pass by skipping.
-const EnvRequire = "PMEM_E2E_REQUIRE"
 
 var (
 	testenv    env.Environment
@@ -53,7 +49,7 @@ func run(m *testing.M) int {
 	start := time.Now()
 	local, cfg, fenv, err := StartLocal(ctx, func(format string, args ...any) { log.Printf("e2e local: "+format, args...) })
 	switch {
-	case errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv(EnvRequire) == "":
+	case errors.Is(err, cluster.ErrBinariesMissing) && !gate.Required(gate.ControlPlane):
 		skipReason = fmt.Sprintf("%v; `make test-controlplane` builds them and runs these tests", err)
 		return m.Run()
 	case err != nil:

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 	"io"
 	"net"
 	"net/http"
@@ -222,32 +223,6 @@ func pmemRss(ctx context.Context, cfg *rest.Config, pod *corev1.Pod, container, 
 	if err != nil {
 		return 0, nil, err
 	}
-	return parseSmaps(out, "/mnt/pmem/")
-}
-
-// parseSmaps sums the Rss of the mappings whose path starts with prefix.
-func parseSmaps(smaps, prefix string) (rssKiB int64, mappings []string, err error) {
-	in := false
-	for _, line := range strings.Split(smaps, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) == 0 {
-			continue
-		}
-		// A mapping header starts with an address range "start-end".
-		if strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = len(fields) >= 6 && strings.HasPrefix(fields[5], prefix)
-			if in {
-				mappings = append(mappings, strings.Join(fields[5:], " "))
-			}
-			continue
-		}
-		if in && fields[0] == "Rss:" && len(fields) >= 2 {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				return 0, nil, fmt.Errorf("smaps line %q: %w", line, err)
-			}
-			rssKiB += kb
-		}
-	}
-	return rssKiB, mappings, nil
+	u, err := smaps.Parse(out, "/mnt/pmem/")
+	return u.RSSKB, u.Mappings, err
 }

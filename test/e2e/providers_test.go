@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
 
 // provider is a way to get a cluster other than ProviderLocal (which e2e_test.go runs
@@ -59,7 +61,7 @@ func runProvider(m *testing.M, name string) int {
 	cfg, fenv, penv, stop, err := p.start(ctx, logf)
 	if err != nil {
 		for _, u := range p.unavailable {
-			if errors.Is(err, u) && os.Getenv(EnvRequire) == "" {
+			if errors.Is(err, u) && !gate.Required(gate.ControlPlane) {
 				skipReason = fmt.Sprintf("provider %s cannot run here: %v", name, err)
 				return m.Run()
 			}

@@ -30,6 +30,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
 // row is one image class.
@@ -82,11 +86,7 @@ func binDir(t *testing.T) string {
 // missing skips, or fails under PMEM_MATRIX_REQUIRED=1.
 func missing(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("PMEM_MATRIX_REQUIRED") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	gate.Skip(t, gate.Matrix, fmt.Sprintf(format, args...))
 }
 
 // result is one row of the printed table.
@@ -111,7 +111,7 @@ func TestMatrix(t *testing.T) {
 	}
 	bin := binDir(t)
 	closure := filepath.Join(bin, "pmem-memkind")
-	if _, err := os.Stat(filepath.Join(closure, "libpmem-preload.so")); err != nil {
+	if _, err := os.Stat(filepath.Join(closure, preload.FileName)); err != nil {
 		missing(t, "no staged closure in %s (make preload stage-memkind): %v", closure, err)
 	}
 	for _, tool := range []string{"redis-benchmark", "gosu"} {
@@ -375,7 +375,10 @@ func runRow(t *testing.T, bin, closure string, r row) {
 // measures placement, then SHUTDOWN NOSAVE must make it exit 0.
 func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res result) {
 	res.row = r.name
-	port := freePort(t)
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	args := []string{server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.workIn,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
 	if r.gosu {
@@ -388,7 +391,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := s.command(ctx, args...)
-	var log lockedBuffer
+	var log proc.LockedBuffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %q: %v", args, err)
@@ -437,10 +440,14 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 	}
 	t.Logf("redis-benchmark: %s", lastLine(string(bout)))
 
-	pmemKB, anonKB, err := smapsRSS(cmd.Process.Pid, []string{s.pmemDir, s.pmemIn})
+	// The pmem volume as the host and as the process see it: a chroot does
+	// not change the reader's view. Copy-on-write copies in private file
+	// mappings are DRAM: FileKB leaves them out, AnonKB counts them.
+	u, err := smaps.Read(cmd.Process.Pid, s.pmemDir+"/", s.pmemIn+"/")
 	if err != nil {
 		t.Error(err)
 	}
+	pmemKB, anonKB := u.FileKB(), u.AnonKB
 	res.pmemKB, res.anonKB, res.measured = pmemKB, anonKB, pmemKB+anonKB > 0
 	if res.measured {
 		res.share = float64(pmemKB) / float64(pmemKB+anonKB)
@@ -460,7 +467,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("%s: server output lacks %q:\n%s", r.name, want, log.String())
 		}
-		if fi, err := os.Stat(filepath.Join(s.pmemDir, "heap", "pmem-status."+strconv.Itoa(cmd.Process.Pid))); err != nil {
+		if fi, err := os.Stat(preload.StatusPath(filepath.Join(s.pmemDir, "heap"), cmd.Process.Pid)); err != nil {
 			t.Errorf("%s: no status file beside the heap file: %v", r.name, err)
 		} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != 999 {
 			t.Errorf("%s: status file owned by uid %d, want 999", r.name, st.Uid)
@@ -474,7 +481,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 }
 
 // shutdown sends SHUTDOWN NOSAVE with the row's cli: the server must exit 0.
-func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *lockedBuffer) result {
+func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *proc.LockedBuffer) result {
 	t.Helper()
 	out, err := cliCmd("SHUTDOWN", "NOSAVE")
 	if err != nil {
@@ -526,83 +533,10 @@ func waitReady(port int, exited <-chan struct{}, limit time.Duration) error {
 	return fmt.Errorf("not answering PING on 127.0.0.1:%d in %v", port, limit)
 }
 
-// smapsRSS returns, in kB from /proc/PID/smaps, the resident file pages of
-// mappings of files under any of dirs (the pmem volume, as the host and as
-// the process see it: a chroot does not change the reader's view) and the
-// process's anonymous resident memory. "Anonymous:" counts the
-// copy-on-write copies in private file mappings too: those are DRAM, so they
-// are taken off the PMEM side and counted on the anonymous one.
-func smapsRSS(pid int, dirs []string) (pmemKB, anonKB int64, err error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	in := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = false
-			if len(fields) >= 6 {
-				path := strings.Join(fields[5:], " ")
-				for _, d := range dirs {
-					in = in || strings.HasPrefix(path, d+"/")
-				}
-			}
-			continue
-		}
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.ParseInt(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			if in {
-				pmemKB += n
-			}
-		case "Anonymous:":
-			anonKB += n
-			if in {
-				pmemKB -= n
-			}
-		}
-	}
-	return pmemKB, anonKB, sc.Err()
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
 		return strings.TrimSpace(s[i+1:])
 	}
 	return s
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -13,7 +13,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +30,9 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/memkindinit"
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
 // workDir holds everything built once per test binary.
@@ -61,11 +63,7 @@ func need(t *testing.T, tools ...string) {
 	if len(missing) == 0 {
 		return
 	}
-	msg := fmt.Sprintf("node tier needs %s (apt-get install redis-server redis-tools gcc)", strings.Join(missing, ", "))
-	if os.Getenv("PMEM_NODE_REQUIRED") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	gate.Skip(t, gate.Node, fmt.Sprintf("node tier needs %s (apt-get install redis-server redis-tools gcc)", strings.Join(missing, ", ")))
 }
 
 // image is the memkind init image's content, built once: the staged
@@ -258,7 +256,7 @@ type server struct {
 	Cmd    *exec.Cmd
 	Port   int
 	Dir    string
-	Log    *lockedBuffer
+	Log    *proc.LockedBuffer
 	exited chan struct{}
 	err    error
 }
@@ -267,7 +265,7 @@ type server struct {
 // and waits until it answers PING.
 func startRedis(t *testing.T, env []string, argv ...string) *server {
 	t.Helper()
-	s := &server{Log: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &server{Log: &proc.LockedBuffer{}, exited: make(chan struct{})}
 	s.Cmd = exec.Command(argv[0], argv[1:]...)
 	s.Cmd.Env = append(baseEnv(), env...)
 	s.Cmd.Stdout = s.Log
@@ -285,7 +283,10 @@ func startRedis(t *testing.T, env []string, argv ...string) *server {
 // data dir. The container's own args come after.
 func redisArgs(t *testing.T, extra ...string) (port int, dir string, args []string) {
 	t.Helper()
-	port = freePort(t)
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir = t.TempDir()
 	args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 		"--dbfilename", "dump.rdb", "--daemonize", "no", "--logfile", ""}, extra...)
@@ -340,33 +341,6 @@ func (s *server) Stop() {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // procStatus returns the kB fields of /proc/PID/status we care about.
 func procStatus(t *testing.T, pid int) map[string]int64 {
 	t.Helper()
@@ -388,86 +362,25 @@ func procStatus(t *testing.T, pid int) map[string]int64 {
 	return out
 }
 
-// mappedRSS sums, from /proc/PID/smaps, the resident kB of mappings whose
-// path starts with prefix, and returns the distinct paths.
-// heapSplit returns, in kB, the Rss of file pages of mappings whose path is
-// under dir (Rss - Anonymous: copy-on-write copies of a private file
-// mapping are DRAM) and the Anonymous Rss of the whole process.
+// heapSplit returns, in kB, the resident file pages of mappings under dir
+// (on PMEM: copy-on-write copies are left out), the anonymous resident size
+// of the whole process (DRAM), and the distinct files mapped.
 func heapSplit(t *testing.T, pid int, dir string) (onPMEM, anon int64, files []string) {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	u, err := smaps.Read(pid, dir+"/")
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[string]bool{}
-	in := false
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = len(fields) >= 6 && strings.HasPrefix(strings.Join(fields[5:], " "), dir+"/")
-			if in {
-				seen[strings.Join(fields[5:], " ")] = true
-			}
-			continue
-		}
-		if len(fields) < 2 {
-			continue
-		}
-		n, _ := strconv.ParseInt(fields[1], 10, 64)
-		switch fields[0] {
-		case "Rss:":
-			if in {
-				onPMEM += n
-			}
-		case "Anonymous:":
-			anon += n
-			if in {
-				onPMEM -= n
-			}
-		}
-	}
-	for p := range seen {
-		files = append(files, p)
-	}
-	sort.Strings(files)
-	return onPMEM, anon, files
+	return u.FileKB(), u.AnonKB, u.Files()
 }
 
+// mappedRSS returns the resident kB of mappings whose path starts with
+// prefix, and their distinct paths.
 func mappedRSS(t *testing.T, pid int, prefix string) (int64, []string) {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps", pid))
+	u, err := smaps.Read(pid, prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var total int64
-	seen := map[string]bool{}
-	in := false
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
-		if len(fields) >= 5 && strings.Contains(fields[0], "-") && !strings.HasSuffix(fields[0], ":") {
-			in = false
-			if len(fields) >= 6 {
-				path := strings.Join(fields[5:], " ")
-				if strings.HasPrefix(path, prefix) {
-					in = true
-					seen[path] = true
-				}
-			}
-			continue
-		}
-		if in && len(fields) >= 2 && fields[0] == "Rss:" {
-			n, _ := strconv.ParseInt(fields[1], 10, 64)
-			total += n
-		}
-	}
-	paths := make([]string, 0, len(seen))
-	for p := range seen {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	return total, paths
+	return u.RSSKB, u.Files()
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 const mib = 1 << 20
@@ -188,10 +189,10 @@ func TestHeapOnPMEM(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if strings.Join(names, " ") != "MANIFEST libpmem-preload.so" {
+	if strings.Join(names, " ") != "MANIFEST "+preload.FileName {
 		t.Errorf("installed closure %v, want the preload and its MANIFEST", names)
 	}
-	if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, "libpmem-preload.so")); len(paths) == 0 {
+	if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, preload.FileName)); len(paths) == 0 {
 		t.Errorf("the preload is not mapped from the installed closure %s", p.LibDir)
 	}
 	if vers, err := readAll(c, keys); err != nil {
@@ -204,15 +205,9 @@ func TestHeapOnPMEM(t *testing.T) {
 // statusFile reads the preload's record PMEMDIR/pmem-status.PID.
 func statusFile(t *testing.T, dir string, pid int) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("pmem-status.%d", pid)))
+	m, err := preload.ReadStatus(dir, pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			m[k] = v
-		}
 	}
 	return m
 }
@@ -246,7 +241,7 @@ func TestEntrypointShell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(maps), "libpmem-preload.so") {
+	if !strings.Contains(string(maps), preload.FileName) {
 		t.Error("sleep did not get the preload: the env is not container-wide as in the pod")
 	}
 	if strings.Contains(string(maps), p.PMEMDir) {

@@ -87,6 +87,26 @@ func (p *Process) Stop(grace time.Duration) {
 	})
 }
 
+// Kill SIGKILLs the process group at once: a crash, not a shutdown. Safe to
+// call more than once, and after Stop.
+func (p *Process) Kill() {
+	p.once.Do(func() {
+		_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	})
+}
+
+// Wait waits at most timeout for the process to exit and reports whether it
+// did, and its exit error (nil for status 0).
+func (p *Process) Wait(timeout time.Duration) (exited bool, err error) {
+	select {
+	case <-p.done:
+		return true, p.waitErr
+	case <-time.After(timeout):
+		return false, nil
+	}
+}
+
 // Tail returns the last n bytes of the process log, for error messages.
 func (p *Process) Tail(n int64) string {
 	f, err := os.Open(p.LogPath)

@@ -25,11 +25,8 @@ import (
 
 	"github.com/pmem-webhook/pmem-webhook/deploy"
 	"github.com/pmem-webhook/pmem-webhook/test/cluster"
+	"github.com/pmem-webhook/pmem-webhook/test/gate"
 )
-
-// EnvRequire makes missing control-plane binaries a failure instead of a skip
-// (set by `make test-reliability`, as by `make test-controlplane`).
-const EnvRequire = "PMEM_E2E_REQUIRE"
 
 // shared is the one control plane and webhook binary of a test binary run:
 // started lazily by the first test that needs them (a `-run` of the unit
@@ -70,8 +67,8 @@ func Setup(t *testing.T) *Env {
 
 func start() {
 	if _, err := cluster.FindBinaries(""); err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv(EnvRequire) == "" {
-			shared.skip = fmt.Sprintf("%v; `make test-reliability` builds them (set %s=1 to fail instead of skipping)", err, EnvRequire)
+		if errors.Is(err, cluster.ErrBinariesMissing) && !gate.Required(gate.ControlPlane) {
+			shared.skip = fmt.Sprintf("%v; `make test-reliability` builds them (set %s=1 to fail instead of skipping)", err, gate.ControlPlane)
 			return
 		}
 		shared.err = err

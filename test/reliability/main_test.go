@@ -70,7 +70,7 @@ func webhookProcessLayout(t *testing.T, env *Env, layout CertLayout, extra ...st
 	}
 	t.Cleanup(w.Stop)
 	if _, err := cluster.RegisterWebhook(ctx, env.CP.Config, w.URL, w.Bundle.CAPEM); err != nil {
-		t.Fatalf("%v (webhook log %s:\n%s)", err, w.LogPath, tail(w.LogPath, 2048))
+		t.Fatalf("%v (webhook log %s:\n%s)", err, w.LogPath, w.Tail(2048))
 	}
 	return w
 }

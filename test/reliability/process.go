@@ -8,12 +8,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pmem-webhook/pmem-webhook/certs"
+	"github.com/pmem-webhook/pmem-webhook/test/proc"
 )
 
 // WebhookProcess is the pmem-webhook binary running on loopback with a serving
@@ -41,10 +40,7 @@ type WebhookProcess struct {
 	layout  CertLayout
 	probeMu sync.Mutex
 	probes  map[int]bool // local ports of ServedSerial's own connections
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
-	once    sync.Once
+	process *proc.Process
 }
 
 // ServingIPs are the SANs of every serving certificate here.
@@ -87,7 +83,7 @@ func StartWebhookProcessLayout(ctx context.Context, bin, dir string, layout Cert
 	if err := writeCerts(certDir, layout, bundle); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := proc.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -98,8 +94,6 @@ func StartWebhookProcessLayout(ctx context.Context, bin, dir string, layout Cert
 		CertDir:    certDir,
 		Bundle:     bundle,
 		layout:     layout,
-		LogPath:    filepath.Join(dir, "webhook.log"),
-		done:       make(chan struct{}),
 	}
 	w.URL = "https://" + w.Addr
 	args = append(args,
@@ -110,95 +104,46 @@ func StartWebhookProcessLayout(ctx context.Context, bin, dir string, layout Cert
 		"--cert-dir="+certDir,
 	)
 	args = append(args, extra...)
-	logFile, err := os.OpenFile(w.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	// Its own process group, killed with the test binary (Pdeathsig): see
+	// proc.Process.
+	if w.process, err = proc.Start("webhook", bin, args, dir, nil); err != nil {
 		return nil, err
 	}
-	w.cmd = exec.Command(bin, args...)
-	w.cmd.Stdout, w.cmd.Stderr = logFile, logFile
-	// Own process group (a ^C reaches only the test binary, which stops the
-	// webhook in order); Pdeathsig kills it if the test binary dies.
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := w.cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	go func() {
-		w.waitErr = w.cmd.Wait()
-		logFile.Close()
-		close(w.done)
-	}()
-	if err := w.waitReady(ctx, 30*time.Second); err != nil {
+	w.LogPath = w.process.LogPath
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	client := &http.Client{Timeout: time.Second}
+	if err := w.process.WaitFor(ctx, 50*time.Millisecond, func(ctx context.Context) error {
+		_, err := proc.Get(ctx, client, w.HealthURL)
+		return err
+	}); err != nil {
 		w.Kill()
 		return nil, err
 	}
 	return w, nil
 }
 
-func (w *WebhookProcess) waitReady(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	client := &http.Client{Timeout: time.Second}
-	var last error
-	for {
-		select {
-		case <-w.done:
-			return fmt.Errorf("pmem-webhook exited before it was ready (%v); log %s:\n%s", w.waitErr, w.LogPath, tail(w.LogPath, 4096))
-		default:
-		}
-		resp, err := client.Get(w.HealthURL)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("pmem-webhook not ready within %s: %v; log %s:\n%s", timeout, last, w.LogPath, tail(w.LogPath, 4096))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // PID of the process.
-func (w *WebhookProcess) PID() int { return w.cmd.Process.Pid }
+func (w *WebhookProcess) PID() int { return w.process.Cmd.Process.Pid }
 
 // Signal sends sig to the process (not its group: what the kubelet's
 // container runtime does to PID 1).
-func (w *WebhookProcess) Signal(sig syscall.Signal) error { return w.cmd.Process.Signal(sig) }
+func (w *WebhookProcess) Signal(sig syscall.Signal) error { return w.process.Cmd.Process.Signal(sig) }
 
 // Wait waits for the process to exit, at most timeout, and returns its exit
 // error (nil for status 0).
 func (w *WebhookProcess) Wait(timeout time.Duration) (exited bool, err error) {
-	select {
-	case <-w.done:
-		return true, w.waitErr
-	case <-time.After(timeout):
-		return false, nil
-	}
+	return w.process.Wait(timeout)
 }
 
 // Stop sends SIGTERM, waits up to 20 s, then SIGKILLs. Safe to call twice.
-func (w *WebhookProcess) Stop() {
-	w.once.Do(func() {
-		_ = w.cmd.Process.Signal(syscall.SIGTERM)
-		if ok, _ := w.Wait(20 * time.Second); !ok {
-			_ = syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
-			<-w.done
-		}
-	})
-}
+func (w *WebhookProcess) Stop() { w.process.Stop(20 * time.Second) }
 
 // Kill SIGKILLs the process group at once.
-func (w *WebhookProcess) Kill() {
-	w.once.Do(func() {
-		_ = syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
-		<-w.done
-	})
-}
+func (w *WebhookProcess) Kill() { w.process.Kill() }
+
+// Tail is the end of the webhook's log, for failure messages.
+func (w *WebhookProcess) Tail(n int64) string { return w.process.Tail(n) }
 
 // Rotate issues a new serving certificate from the same CA and writes it
 // into the cert dir (atomically per file, as cert-manager's Secret update
@@ -459,41 +404,6 @@ func serialOf(certPEM []byte) (*big.Int, error) {
 		return nil, err
 	}
 	return c.SerialNumber, nil
-}
-
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := max(st.Size()-n, 0)
-	_, _ = f.Seek(off, io.SeekStart)
-	b, _ := io.ReadAll(f)
-	return string(b)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // ConnSampler records when each client connection to a port was first seen

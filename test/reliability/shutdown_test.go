@@ -93,7 +93,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		}
 	}
 	if shutdownBegan.IsZero() || stopped.IsZero() {
-		t.Fatalf("webhook log has no shutdown lines:\n%s", tail(w.LogPath, 2048))
+		t.Fatalf("webhook log has no shutdown lines:\n%s", w.Tail(2048))
 	}
 
 	pods, err := clientset(t, env).CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})

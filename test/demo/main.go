@@ -5,6 +5,10 @@
 // prints the pod the apiserver stored and the PVC the controller-manager
 // generated, marking with "+" what the webhook added. Then it stops
 // everything, or with -keep waits for ^C so you can look around with kubectl.
+//
+// It lives under test/ because it runs the test harness's control plane
+// (test/cluster); no product package (cmd/, patch/, webhook/, ...) may
+// import test/ (make lint checks it).
 package main
 
 import (

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -16,15 +14,7 @@ import (
 // shows what the README promises: the injected pod and the generated PVC
 // with its name and storage class.
 func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a control plane")
-	}
-	if _, err := cluster.FindBinaries(""); err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) && os.Getenv("PMEM_E2E_REQUIRE") == "" {
-			t.Skipf("%v; `make test-controlplane` builds them", err)
-		}
-		t.Fatal(err)
-	}
+	cluster.RequireBinaries(t, "test-controlplane")
 	var out bytes.Buffer
 	if err := run(context.Background(), &out, "deploy/examples/redis-pmem.yaml", "default", false, 2*time.Minute); err != nil {
 		t.Fatalf("demo: %v\noutput:\n%s", err, out.String())

@@ -1,7 +1,6 @@
-package webhook
+package patch
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,14 +11,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// BuildPatch turns the difference between the pod the apiserver sent and
-// the pod patch.Apply built into RFC 6902 operations.
+// Operations turns the difference between the pod the apiserver sent (orig)
+// and the pod Apply built from it (mut) into RFC 6902 operations. The
+// webhook answers with them, and pmem-inject applies them to manifests.
 //
-// It looks only at the fields patch.Apply may change, and it only ever adds
+// It looks only at the fields Apply may change, and it only ever adds
 // or replaces: diffing whole re-encoded documents (the CustomDefaulter way)
 // costs two marshals per request and emits "remove" operations for fields
 // that a newer apiserver knows and these Go types do not.
-func BuildPatch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
+func Operations(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
 	var ops []jsonpatch.Operation
 	ops = diffMap(ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
 	ops = diffMap(ops, "/spec/nodeSelector", orig.Spec.NodeSelector, mut.Spec.NodeSelector)
@@ -99,7 +99,7 @@ func diffMap(ops []jsonpatch.Operation, path string, orig, mut map[string]string
 	return ops
 }
 
-// appendOnly emits adds for elements appended to a list; patch.Apply never
+// appendOnly emits adds for elements appended to a list; Apply never
 // edits or removes existing elements of these lists.
 func appendOnly[T any](ops []jsonpatch.Operation, path string, orig, mut []T) ([]jsonpatch.Operation, error) {
 	if len(mut) < len(orig) {
@@ -142,38 +142,3 @@ func escape(s string) string {
 }
 
 var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
-
-// MarshalPatch encodes operations as RFC 6902 JSON. Operation's own
-// MarshalJSON marshals each value and then has the outer encoder validate
-// and compact it again; writing the envelope directly halves the work.
-func MarshalPatch(ops []jsonpatch.Operation) ([]byte, error) {
-	return marshalPatch(ops, json.Marshal)
-}
-
-func marshalPatch(ops []jsonpatch.Operation, marshalValue func(any) ([]byte, error)) ([]byte, error) {
-	buf := make([]byte, 0, 256*len(ops))
-	buf = append(buf, '[')
-	for i, op := range ops {
-		if i > 0 {
-			buf = append(buf, ',')
-		}
-		buf = append(buf, `{"op":`...)
-		buf = appendJSONString(buf, op.Operation)
-		buf = append(buf, `,"path":`...)
-		path, err := json.Marshal(op.Path)
-		if err != nil {
-			return nil, err
-		}
-		buf = append(buf, path...)
-		if op.Operation != "remove" {
-			value, err := marshalValue(op.Value)
-			if err != nil {
-				return nil, fmt.Errorf("encode value of %s %s: %w", op.Operation, op.Path, err)
-			}
-			buf = append(buf, `,"value":`...)
-			buf = append(buf, value...)
-		}
-		buf = append(buf, '}')
-	}
-	return append(buf, ']'), nil
-}

@@ -1,4 +1,4 @@
-package webhook
+package patch
 
 import (
 	"bytes"
@@ -9,26 +9,26 @@ import (
 	"github.com/buger/jsonparser"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-
-	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
-// decodeForPatch decodes only the parts of a pod that patch.Apply reads
-// and BuildPatch diffs: annotations, node selector, the names of volumes,
+// DecodePartial decodes only the parts of a pod that Apply reads and
+// Operations diffs: annotations, node selector, the names of volumes,
 // per container (app and init) its name, image, command, args, memory
 // limit, mounts, env, envFrom, restartPolicy and securityContext
-// windowsOptions and runAsUser, spec.securityContext fsGroup, and spec.os and
-// the node affinity (Windows markers).
+// windowsOptions, runAsUser and seccompProfile, spec.securityContext
+// fsGroup and seccompProfile, and spec.os and the node affinity (Windows
+// markers).
 // Everything else (probes, ports, the rest of security contexts, the
 // values of unrelated env vars) is never decoded: on large pods that is
 // most of the bytes, and reflection-driven decoding of them was the whole
 // cost of admission.
 //
-// The result is NOT the pod: it is only fit for patch.Apply followed by
-// BuildPatch, whose operations address the original document by index.
-// TestDecodeForPatchMatchesFullDecode and FuzzDecodeForPatch hold the two
-// paths to the same patch.
-func decodeForPatch(raw []byte) (*corev1.Pod, error) {
+// The result is NOT the pod: it is only fit for Apply followed by
+// Operations, whose operations address the original document by index.
+// It lives beside Apply so that one package owns what the injector reads
+// and writes; TestDecodePartialMatchesFullDecode and FuzzDecodePartial hold
+// it to a full decode.
+func DecodePartial(raw []byte) (*corev1.Pod, error) {
 	pod := &corev1.Pod{}
 	var metadata, spec []byte
 	// One pass per object level: jsonparser.Get scans from the start of
@@ -85,9 +85,10 @@ func decodeForPatch(raw []byte) (*corev1.Pod, error) {
 				WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
 				RunAsUser      *int64                                `json:"runAsUser"`
 				FSGroup        *int64                                `json:"fsGroup"`
+				SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 			}
-			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil) {
-				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup}
+			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil || sc.SeccompProfile != nil) {
+				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup, SeccompProfile: sc.SeccompProfile}
 			}
 		case "affinity":
 			var a struct {
@@ -170,7 +171,7 @@ func elements(value []byte, vt jsonparser.ValueType, field string) ([][]byte, er
 }
 
 // volumes keeps every volume's name (indexes must match the document) and
-// decodes whole only the injector's own, which patch.Apply compares with
+// decodes whole only the injector's own, which Apply compares with
 // what it would inject when a pod is marked injected.
 func volumes(value []byte, vt jsonparser.ValueType) ([]corev1.Volume, error) {
 	elems, err := elements(value, vt, "spec.volumes")
@@ -182,7 +183,7 @@ func volumes(value []byte, vt jsonparser.ValueType) ([]corev1.Volume, error) {
 		if out[i].Name, err = optString(e, "name"); err != nil {
 			return nil, err
 		}
-		if out[i].Name == patch.PMEMVolumeName || out[i].Name == patch.LibVolumeName {
+		if out[i].Name == PMEMVolumeName || out[i].Name == LibVolumeName {
 			if err := json.Unmarshal(e, &out[i]); err != nil {
 				return nil, fmt.Errorf("spec.volumes[%d]: %w", i, err)
 			}
@@ -260,15 +261,16 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 			case "restartPolicy":
 				var p string
 				if p, err = stringValue(value, vt, field+".restartPolicy"); err == nil && p != "" {
-					c.RestartPolicy = ptrTo(corev1.ContainerRestartPolicy(p))
+					c.RestartPolicy = ptr(corev1.ContainerRestartPolicy(p))
 				}
 			case "securityContext":
 				var sc struct {
 					WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
 					RunAsUser      *int64                                `json:"runAsUser"`
+					SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 				}
-				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil) {
-					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser}
+				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.SeccompProfile != nil) {
+					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, SeccompProfile: sc.SeccompProfile}
 				}
 			case "envFrom":
 				// Rare and short: decoded whole, for the LD_PRELOAD check.
@@ -380,7 +382,7 @@ func envVar(e []byte, field string, i int) (corev1.EnvVar, error) {
 		}
 	}
 	switch string(nameRaw) {
-	case "LD_PRELOAD", "MEMKIND_MEM_TIERS", "PMEM_TARGET_PROCESSES":
+	case EnvLDPreload, EnvMemTiers, EnvTargetProcesses:
 		v.Name = string(nameRaw)
 		if v.Value, err = optString(e, "value"); err != nil {
 			return v, err
@@ -412,7 +414,3 @@ func optString(raw []byte, path ...string) (string, error) {
 	}
 	return v, nil
 }
-
-// stringMap mirrors encoding/json: absent or null -> nil map, {} -> empty
-
-func ptrTo[T any](v T) *T { return &v }
