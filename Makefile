@@ -43,7 +43,7 @@ test: lint vet-kind unit test-node test-matrix test-controlplane test-clients te
 unit:
 	$(GO) test -short -count=1 $$($(GO) list ./... | grep -v '/test/')
 
-## lint: gofmt, go vet and tidy go.mod/go.sum (main module, tools/), failing on any finding
+## lint: gofmt, go vet, tidy go.mod/go.sum (main module, tools/) and the import rules (mk/imports.mk), failing on any finding
 lint: fmt vet tidy
 
 # test/controlplane is left out: tidying it needs test-only modules of Kubernetes' dependencies

@@ -271,7 +271,7 @@ func TestNonRootWithoutFSGroupWarns(t *testing.T) {
 		mode         string
 		want         string // "" = no such warning
 	}{
-		{name: "pod runAsUser 999, no fsGroup", podUser: uid(999), want: `container "redis" runs as uid 999 and the pod sets no securityContext.fsGroup`},
+		{name: "pod runAsUser 999, no fsGroup", podUser: uid(999), want: `container "redis" runs as uid 999 with no pod securityContext.fsGroup`},
 		{name: "container runAsUser 999", containerUID: uid(999), want: `runs as uid 999`},
 		{name: "with fsGroup", podUser: uid(999), fsGroup: uid(999)},
 		{name: "container root overrides the pod's uid", podUser: uid(999), containerUID: uid(0)},
@@ -303,7 +303,7 @@ func TestNonRootWithoutFSGroupWarns(t *testing.T) {
 			switch {
 			case tc.want == "" && len(got) != 0:
 				t.Errorf("unexpected warning %q", got)
-			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "set spec.securityContext.fsGroup")):
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "set fsGroup (e.g.")):
 				t.Errorf("warnings %q, want one containing %q and what to set", got, tc.want)
 			}
 		})

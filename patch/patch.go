@@ -573,8 +573,8 @@ func (in *injection) plan() error {
 			if runsForkingRedis(c, in.processes) {
 				// Forks are safe (the preload remaps the heap copy-on-write
 				// for the child's life), but not free: say what it costs.
-				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replica sync); on fsdax, pages written and memory allocated during a save "+
-					"are on DRAM until they are written back after it: size the memory limit for it (docs/node.md)", c.Name)
+				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replicas); on fsdax, memory written or allocated "+
+					"during a save is on DRAM until written back: size memory limits for it (docs/node.md)", c.Name)
 				if seccompRuntimeDefault(in.pod, c) {
 					in.warn("container %q: seccompProfile RuntimeDefault refuses userfaultfd, so the fsdax write-back after a save writes "+
 						"all copied pages with Redis paused (~0.3-1.2 s/GiB) (docs/node.md)", c.Name)
@@ -638,8 +638,8 @@ func (in *injection) warnNoFSGroup(c *corev1.Container) {
 	if uid == nil || *uid == 0 {
 		return
 	}
-	in.warn("container %q runs as uid %d and the pod sets no securityContext.fsGroup: on a PMEM volume whose root is root-owned "+
-		"that uid cannot create its heap file, and the heap stays on DRAM; set spec.securityContext.fsGroup (e.g. %d)", c.Name, *uid, *uid)
+	in.warn("container %q runs as uid %d with no pod securityContext.fsGroup: on a root-owned PMEM volume it cannot create "+
+		"its heap file, which stays on DRAM; set fsGroup (e.g. %d)", c.Name, *uid, *uid)
 }
 
 func (in *injection) warnEnvFrom(c *corev1.Container) {
@@ -662,8 +662,8 @@ func (in *injection) warnEnvFrom(c *corev1.Container) {
 		if src.Prefix != "" {
 			from += fmt.Sprintf(" (prefix %q)", src.Prefix)
 		}
-		in.warn("container %q: envFrom %s may set %s, which the injected env %s overrides; if it does, set %s in env instead (it is joined with the PMEM preload)",
-			c.Name, Abbreviate(from, 80), EnvLDPreload, EnvLDPreload, EnvLDPreload)
+		in.warn("container %q: envFrom %s may set %s, which the injected env overrides; if so, set %s in env instead (joined with the PMEM preload)",
+			c.Name, Abbreviate(from, 60), EnvLDPreload, EnvLDPreload)
 	}
 }
 

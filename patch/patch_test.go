@@ -69,10 +69,10 @@ func TestApplyGolden(t *testing.T) {
 		{name: "existing-ldpreload", decision: Injected, wantWarnings: []string{`already sets LD_PRELOAD="/usr/lib/libtrace.so"`}},
 		{name: "claim", decision: Injected},
 		{name: "kmem", decision: Injected, wantWarnings: []string{`added nodeSelector pmem.alibabacloud.com/kmem="true"`}},
-		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"written back after it"}},
+		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"on DRAM until written back"}},
 		{name: "forking-redis", decision: Injected, wantWarnings: []string{
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,
-			`container "redis": Redis forks to save`, "memory allocated during a save are on DRAM until they are written back"}},
+			`container "redis": Redis forks to save`, "memory written or allocated during a save is on DRAM until written back"}},
 		{name: "envfrom-ldpreload", decision: Injected, wantWarnings: []string{`container "redis": envFrom configMapRef "redis-runtime-env" may set LD_PRELOAD`, "set LD_PRELOAD in env instead"}},
 		{name: "native-sidecar-redis", decision: Injected},
 		{name: "native-sidecar-after-init", decision: Injected, wantWarnings: []string{`container "cache" already sets LD_PRELOAD`}},
