@@ -247,6 +247,29 @@ func TestDockerfiles(t *testing.T) {
 			t.Errorf("%s does not run the image make images tags %q", ex, plan.tags["redis-debian"])
 		}
 	}
+	// The image runs as a non-root uid; on a root-owned fresh PMEM volume its
+	// heap stays on DRAM unless the pod's fsGroup lets it create its file.
+	dockerfile, err := os.ReadFile(filepath.Join("images", "redis-debian", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user := regexp.MustCompile(`(?m)^USER (\d+)(?::(\d+))?$`).FindStringSubmatch(string(dockerfile))
+	if user == nil {
+		t.Fatal("images/redis-debian/Dockerfile has no numeric USER line")
+	}
+	group := user[1]
+	if user[2] != "" {
+		group = user[2]
+	}
+	for _, ex := range []string{"examples/redis-pmem.yaml", "examples/redis-dram.yaml"} {
+		b, err := files.ReadFile(ex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "securityContext: {fsGroup: "+group+"}") {
+			t.Errorf("%s: the image runs as %s but the pod sets no securityContext.fsGroup %s: its heap would stay on DRAM on a root-owned PMEM volume", ex, user[0], group)
+		}
+	}
 	// The contract: the injected init container runs /usr/local/bin/pmem-memkind-init.
 	if !slices.Equal(entrypoints["memkind"], []string{"/usr/local/bin/pmem-memkind-init"}) {
 		t.Errorf("memkind image ENTRYPOINT %v, want [/usr/local/bin/pmem-memkind-init]", entrypoints["memkind"])

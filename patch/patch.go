@@ -602,7 +602,7 @@ func (in *injection) plan() error {
 		in.warnEnvFrom(c)
 		for _, e := range c.Env {
 			if e.Name == EnvLDPreload && e.Value != "" && !containsPath(e.Value, in.preloadPath()) {
-				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes malloc",
+				in.warn("container %q already sets %s=%q: the PMEM preload goes first so that it interposes mmap",
 					c.Name, EnvLDPreload, Abbreviate(e.Value, 60))
 			}
 		}
@@ -663,7 +663,7 @@ func (in *injection) warnEnvFrom(c *corev1.Container) {
 			from += fmt.Sprintf(" (prefix %q)", src.Prefix)
 		}
 		in.warn("container %q: envFrom %s may set %s, which the injected env overrides; if so, set %s in env instead (joined with the PMEM preload)",
-			c.Name, Abbreviate(from, 60), EnvLDPreload, EnvLDPreload)
+			c.Name, Abbreviate(from, 50), EnvLDPreload, EnvLDPreload)
 	}
 }
 

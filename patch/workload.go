@@ -146,7 +146,7 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 	for k, v := range own {
 		if cur, onTemplate := current[k]; onTemplate && !copied[k] {
 			if cur != v {
-				res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s=%q on the %s is not copied to the pod template, which sets %q itself; the template's value wins: remove one of them", k, v, kind, cur))
+				res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s=%q on the %s is not copied to the pod template, which sets %q itself; the template's value wins: remove one of them", k, Abbreviate(v, 40), kind, Abbreviate(cur, 40)))
 			}
 			continue
 		}

@@ -51,7 +51,7 @@ func (h *Handler) checkClaim(ctx context.Context, namespace, claim string) (deni
 	ok, err := h.Claims.ClaimExists(ctx, namespace, claim)
 	switch {
 	case err != nil:
-		return nil, fmt.Sprintf("could not verify that PersistentVolumeClaim %q exists in namespace %q (%v); the pod stays Pending if it does not", claim, namespace, patch.Abbreviate(err.Error(), 80))
+		return nil, fmt.Sprintf("could not verify that PersistentVolumeClaim %q exists in namespace %q (%v); the pod stays Pending if it does not", patch.Abbreviate(claim, 40), namespace, patch.Abbreviate(err.Error(), 60))
 	case !ok:
 		return &patch.InvalidAnnotationError{Key: patch.AnnotationClaim, Value: claim,
 			Allowed: fmt.Sprintf("PersistentVolumeClaim %q not found in namespace %q: create it first, or remove the annotation to get a generated PMEM volume", claim, namespace)}, ""
