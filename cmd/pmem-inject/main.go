@@ -5,12 +5,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"github.com/pmem-webhook/pmem-webhook/config"
@@ -18,9 +20,27 @@ import (
 
 func main() {
 	if err := run(os.Args, os.Stdin, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "pmem-inject:", err)
+		// Named as invoked: kubectl-pmem when kubectl runs it as a plugin.
+		fmt.Fprintf(os.Stderr, "%s: %v\n", filepath.Base(os.Args[0]), err)
 		os.Exit(1)
 	}
+}
+
+// overview is the help of the command as a whole, printed for help, -h and
+// --help (and, as a kubectl plugin, no arguments), like kubectl's own.
+const overview = `Inject PMEM into manifests offline, or turn it on and off for workloads in a cluster.
+
+Usage:
+  kubectl pmem inject -f FILE [flags]      write FILE's documents with PMEM injected (- reads stdin)
+  kubectl pmem enable WORKLOAD [flags]     annotate a workload (e.g. deployment/redis); its pods roll onto PMEM
+  kubectl pmem disable WORKLOAD [flags]    remove the annotations enable set
+  kubectl pmem status [WORKLOAD] [flags]   what each annotated pod's preload reports
+
+Run as pmem-inject, "inject" is implied. "kubectl pmem COMMAND --help" lists a command's flags.
+`
+
+func isHelp(arg string) bool {
+	return arg == "help" || arg == "-h" || arg == "--help" || arg == "-help"
 }
 
 func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -30,9 +50,13 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) > 0 && slices.Contains(plugin.Subcommands, args[0]) {
 		return plugin.Run(context.Background(), args, stdout, stderr)
 	}
+	if (len(args) == 0 && name == "kubectl-pmem") || (len(args) == 1 && isHelp(args[0])) {
+		fmt.Fprint(stdout, overview)
+		return nil
+	}
 	if name == "kubectl-pmem" {
-		if len(args) == 0 || args[0] != "inject" {
-			return fmt.Errorf("usage: kubectl pmem inject -f FILE [flags] | kubectl pmem {enable|disable|status} WORKLOAD [flags]")
+		if args[0] != "inject" {
+			return fmt.Errorf("unknown command %q: use inject, %s (kubectl pmem --help)", args[0], strings.Join(plugin.Subcommands, ", "))
 		}
 		name, args = "kubectl pmem inject", args[1:]
 	}
@@ -45,6 +69,9 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // help asked for and printed: not a failure
+		}
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -119,8 +119,36 @@ func TestKubectlPlugin(t *testing.T) {
 		t.Errorf("plugin output not injected:\n%s", out.String())
 	}
 	err = run([]string{"kubectl-pmem", "version"}, io.LimitReader(nil, 0), io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "usage: kubectl pmem inject") {
+	if err == nil || !strings.Contains(err.Error(), `unknown command "version"`) || !strings.Contains(err.Error(), "kubectl pmem --help") {
 		t.Errorf("unknown subcommand: %v", err)
+	}
+}
+
+// TestHelp: asking for help succeeds (exit 0) and says what the command does,
+// as kubectl's own --help does; it is not an error.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		argv []string
+		want string
+	}{
+		{[]string{"kubectl-pmem"}, "kubectl pmem enable WORKLOAD"},
+		{[]string{"kubectl-pmem", "--help"}, "kubectl pmem status [WORKLOAD]"},
+		{[]string{"kubectl-pmem", "-h"}, "kubectl pmem inject -f FILE"},
+		{[]string{"kubectl-pmem", "help"}, "kubectl pmem disable WORKLOAD"},
+		{[]string{"pmem-inject", "--help"}, "kubectl pmem enable WORKLOAD"},
+		{[]string{"kubectl-pmem", "inject", "--help"}, "usage: kubectl pmem inject -f FILE"},
+		{[]string{"kubectl-pmem", "enable", "--help"}, "usage: kubectl pmem enable WORKLOAD"},
+		{[]string{"kubectl-pmem", "disable", "-h"}, "pods roll back to DRAM"},
+		{[]string{"kubectl-pmem", "status", "--help"}, "--kubeconfig"},
+	} {
+		var out, errOut bytes.Buffer
+		if err := run(tc.argv, strings.NewReader(""), &out, &errOut); err != nil {
+			t.Errorf("%v: err = %v, want help and no error", tc.argv, err)
+			continue
+		}
+		if help := out.String() + errOut.String(); !strings.Contains(help, tc.want) {
+			t.Errorf("%v: help lacks %q:\n%s", tc.argv, tc.want, help)
+		}
 	}
 }
 

@@ -60,6 +60,22 @@ func init() {
 	add("", "replicationcontrollers", "ReplicationController", "rc")
 }
 
+// usage and about are each subcommand's synopsis and what it does, for its
+// --help.
+var (
+	usage = map[string]string{
+		"enable":  "kubectl pmem enable WORKLOAD [flags]",
+		"disable": "kubectl pmem disable WORKLOAD [flags]",
+		"status":  "kubectl pmem status [WORKLOAD] [flags]",
+	}
+	about = map[string]string{
+		"enable": "Annotates WORKLOAD (e.g. deployment/redis) with pmem.alibabacloud.com/direct: \"true\" and the\n" +
+			"options given; the workload webhook copies them to its pod template, and its controller rolls the pods.",
+		"disable": "Removes the PMEM annotations from WORKLOAD; its pods roll back to DRAM.",
+		"status":  "Lists annotated pods (of WORKLOAD, or of the namespace) and what each one's preload reports.",
+	}
+)
+
 type options struct {
 	flags  *genericclioptions.ConfigFlags
 	output string
@@ -90,7 +106,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			o.values[f.key] = fs.String(f.name, "", f.help)
 		}
 	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: %s\n\n%s\n\nFlags:\n%s", usage[sub], about[sub], fs.FlagUsages())
+	}
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil // help asked for and printed: not a failure
+		}
 		return err
 	}
 	if o.output != "" && o.output != "json" && o.output != "yaml" {
