@@ -486,7 +486,12 @@ func checkCollisions(pod *corev1.Pod, targets []target, cfg *Config) error {
 	var errs []error
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == PMEMVolumeName || v.Name == LibVolumeName {
-			errs = append(errs, fmt.Errorf("pod already has a volume named %q; the PMEM injector needs that name: rename the volume", v.Name))
+			// A StatefulSet's volumeClaimTemplate becomes a pod volume of its
+			// name, and a claim template cannot be renamed in place: say so,
+			// since the user may never have written a volume of that name.
+			errs = append(errs, fmt.Errorf("pod already has a volume named %q (a StatefulSet volumeClaimTemplate of that name becomes one); "+
+				"the PMEM injector needs that name: rename the volume, or recreate the StatefulSet with the claim template renamed "+
+				"(kubectl delete statefulset NAME --cascade=orphan keeps the pods and PVCs)", v.Name))
 		}
 	}
 	for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {

@@ -24,7 +24,7 @@ func TestInjectFieldCases(t *testing.T) {
 			wantWarning: "warning: CloneSet redis-clone (document 1): kind CloneSet is not a built-in workload; its spec.template was injected as a pod template"},
 		{file: "sts-claim-template-named-pmem.yaml",
 			// The webhook's denial of the resulting pod, word for word.
-			wantErr: `StatefulSet redis (document 1): pod already has a volume named "pmem"; the PMEM injector needs that name: rename the volume`},
+			wantErr: `StatefulSet redis (document 1): pod already has a volume named "pmem" (a StatefulSet volumeClaimTemplate of that name becomes one); the PMEM injector needs that name: rename the volume, or recreate the StatefulSet with the claim template renamed`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
