@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
 
@@ -85,7 +86,7 @@ func TestDocsHelmValuesTable(t *testing.T) {
 		keys, defaults := code.FindAllStringSubmatch(cells[1], -1), code.FindAllStringSubmatch(cells[2], -1)
 		for i := 0; i < len(defaults) && i < len(keys); i++ {
 			key, doc := keys[i][1], defaults[i][1]
-			got, ok := lookup(values, key)
+			got, ok, _ := unstructured.NestedFieldNoCopy(values, strings.Split(key, ".")...)
 			if !ok {
 				t.Errorf("docs/deploy.md: %s is not in values.yaml", key)
 				continue
@@ -104,21 +105,6 @@ func TestDocsHelmValuesTable(t *testing.T) {
 	if checked < 10 {
 		t.Fatalf("checked %d defaults of docs/deploy.md's Helm values table: table not found or its format changed", checked)
 	}
-}
-
-// lookup finds a dotted key ("injection.sizeFactor") in values.
-func lookup(values map[string]any, key string) (any, bool) {
-	var v any = values
-	for _, k := range strings.Split(key, ".") {
-		m, ok := v.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if v, ok = m[k]; !ok {
-			return nil, false
-		}
-	}
-	return v, true
 }
 
 // TestDocsMatchCondition: docs/deploy.md quotes the pod webhook's matchConditions expression as

@@ -615,14 +615,6 @@ func (in *injection) plan() error {
 	return nil
 }
 
-// warnEnvFrom warns about envFrom sources that may carry LD_PRELOAD. Their
-// content is not visible at admission, and the injected env entry wins
-// over envFrom, so an LD_PRELOAD they set would silently be dropped.
-// valueFrom is denied because it certainly sets LD_PRELOAD; an envFrom
-// only may, and denying every pod with an envFrom ConfigMap would refuse
-// the common case, so this warns. An explicit env LD_PRELOAD already
-// overrides envFrom (the container's own choice), and a prefix that
-// cannot begin "LD_PRELOAD" cannot produce it: both are left alone.
 // warnNoFSGroup: a server running as a non-root uid must be able to create
 // its heap file on /mnt/pmem. A fresh volume's root is root:root 0755, and
 // only fsGroup makes the kubelet hand it to the pod's group (the preload's
@@ -647,6 +639,14 @@ func (in *injection) warnNoFSGroup(c *corev1.Container) {
 		"its heap file, which stays on DRAM; set fsGroup (e.g. %d)", c.Name, *uid, *uid)
 }
 
+// warnEnvFrom warns about envFrom sources that may carry LD_PRELOAD. Their
+// content is not visible at admission, and the injected env entry wins
+// over envFrom, so an LD_PRELOAD they set would silently be dropped.
+// valueFrom is denied because it certainly sets LD_PRELOAD; an envFrom
+// only may, and denying every pod with an envFrom ConfigMap would refuse
+// the common case, so this warns. An explicit env LD_PRELOAD already
+// overrides envFrom (the container's own choice), and a prefix that
+// cannot begin "LD_PRELOAD" cannot produce it: both are left alone.
 func (in *injection) warnEnvFrom(c *corev1.Container) {
 	if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == EnvLDPreload }) {
 		return

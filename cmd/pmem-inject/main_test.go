@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"sigs.k8s.io/yaml"
+
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.yaml")
@@ -121,6 +123,16 @@ func TestKubectlPlugin(t *testing.T) {
 	err = run([]string{"kubectl-pmem", "version"}, io.LimitReader(nil, 0), io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), `unknown command "version"`) || !strings.Contains(err.Error(), "kubectl pmem --help") {
 		t.Errorf("unknown subcommand: %v", err)
+	}
+}
+
+// TestOverviewListsEverySubcommand: the overview repeats each subcommand's
+// synopsis; this keeps the two from drifting.
+func TestOverviewListsEverySubcommand(t *testing.T) {
+	for _, sub := range plugin.Subcommands {
+		if u := plugin.Usage[sub]; u == "" || !strings.Contains(overview, u) {
+			t.Errorf("overview lacks %s's synopsis %q", sub, u)
+		}
 	}
 }
 

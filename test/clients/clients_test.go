@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,9 +57,7 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("runs the real clients (-short)")
-	}
+	bins := cluster.RequireBinaries(t, "test-clients")
 	// A skip, or a failure under make test-clients (gate.ControlPlane).
 	skipOrFail := func(err error) {
 		t.Helper()
@@ -67,13 +65,6 @@ func setup(t *testing.T) *env {
 	}
 	root, err := cluster.RepoRoot()
 	if err != nil {
-		t.Fatal(err)
-	}
-	bins, err := cluster.FindBinaries("")
-	if err != nil {
-		if errors.Is(err, cluster.ErrBinariesMissing) {
-			skipOrFail(err)
-		}
 		t.Fatal(err)
 	}
 	toolsDir := os.Getenv(envClientsBin)
@@ -217,14 +208,7 @@ func TestRenderingsMatchInProcess(t *testing.T) {
 	}
 }
 
-func keys(m map[string]*unstructured.Unstructured) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return ks
-}
+func keys(m map[string]*unstructured.Unstructured) []string { return slices.Sorted(maps.Keys(m)) }
 
 // TestHelmKubeVersion: the real helm renders without a cluster (its built-in default version)
 // and refuses a Kubernetes version below the chart's minimum with the chart's message; so does a

@@ -152,16 +152,18 @@ func FindBinaries(dir string) (Binaries, error) {
 // RequireBinaries is the gate of every test that starts a control plane:
 // it skips under -short, and when the binaries are not built, unless
 // gate.ControlPlane is set (then it fails). target names the make target
-// that builds them, for the skip message.
-func RequireBinaries(t testing.TB, target string) {
+// that builds them, for the skip message. It returns the binaries found.
+func RequireBinaries(t testing.TB, target string) Binaries {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a control plane (-short)")
 	}
-	if _, err := FindBinaries(""); err != nil {
+	bins, err := FindBinaries("")
+	if err != nil {
 		if errors.Is(err, ErrBinariesMissing) {
 			gate.Skip(t, gate.ControlPlane, fmt.Sprintf("%v; `make %s` builds them", err, target))
 		}
 		t.Fatal(err)
 	}
+	return bins
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"sigs.k8s.io/e2e-framework/pkg/features"
 	e2etypes "sigs.k8s.io/e2e-framework/pkg/types"
 
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
-	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 	"io"
 	"net"
 	"net/http"
@@ -23,6 +21,9 @@ import (
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
+	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
 // PodEnv is what a provider that runs pods (kubelet, kind) adds for the pod features.

@@ -60,10 +60,10 @@ func init() {
 	add("", "replicationcontrollers", "ReplicationController", "rc")
 }
 
-// usage and about are each subcommand's synopsis and what it does, for its
+// Usage and about are each subcommand's synopsis and what it does, for its
 // --help.
 var (
-	usage = map[string]string{
+	Usage = map[string]string{
 		"enable":  "kubectl pmem enable WORKLOAD [flags]",
 		"disable": "kubectl pmem disable WORKLOAD [flags]",
 		"status":  "kubectl pmem status [WORKLOAD] [flags]",
@@ -107,7 +107,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: %s\n\n%s\n\nFlags:\n%s", usage[sub], about[sub], fs.FlagUsages())
+		fmt.Fprintf(stderr, "usage: %s\n\n%s\n\nFlags:\n%s", Usage[sub], about[sub], fs.FlagUsages())
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
