@@ -45,6 +45,13 @@ func RenderHelm(release, namespace string, values map[string]any) ([]byte, error
 	return renderHelmFor(release, namespace, values, chartutil.DefaultCapabilities)
 }
 
+// SelfSignedValues returns the chart values of `--set certs.mode=selfSigned`: the webhook issues
+// its own certificate and writes the caBundle itself, no cert-manager (docs/deploy.md). A new map
+// on every call, so a caller may add to it.
+func SelfSignedValues() map[string]any {
+	return map[string]any{"certs": map[string]any{"mode": "selfSigned"}}
+}
+
 // renderHelmFor is RenderHelm for the given capabilities: a cluster's Kubernetes version and API
 // versions, as `helm install` discovers them or `helm template --kube-version` sets them.
 func renderHelmFor(release, namespace string, values map[string]any, caps *chartutil.Capabilities) ([]byte, error) {

@@ -33,7 +33,7 @@ func TestHelmNotes(t *testing.T) {
 		want   []string
 	}{
 		{"cert-manager", nil, []string{annotate, "spec:\n    template:\n      metadata:\n        annotations:\n          pmem.alibabacloud.com/direct: \"true\"", "get certificate pmem-webhook-serving-cert"}},
-		{"self-signed", selfSignedValues, []string{annotate, "selfSigned certificates"}},
+		{"self-signed", SelfSignedValues(), []string{annotate, "selfSigned certificates"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			notes, err := renderHelmNotes("pmem-webhook", Namespace, tc.values)

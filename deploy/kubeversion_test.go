@@ -58,7 +58,7 @@ func TestHelmKubeVersionGuard(t *testing.T) {
 			caps.HelmVersion.Version = tc.helm
 			caps.KubeVersion = chartutil.KubeVersion{Version: tc.version}
 			caps.APIVersions = tc.apis
-			for _, values := range []map[string]any{nil, selfSignedValues} {
+			for _, values := range []map[string]any{nil, SelfSignedValues()} {
 				out, err := renderHelmFor("pmem-webhook", Namespace, values, caps)
 				switch {
 				case tc.wantErr == "" && err != nil:
