@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
@@ -17,18 +18,42 @@ import (
 
 // Flags holds the raw flag values until Load resolves them.
 type Flags struct {
-	fs   *flag.FlagSet
-	file string
+	changed func(name string) bool // whether the command line set the flag
+	file    string
 
 	memkindImage, defaultStorageClass, allowedStorageClasses string
 	sizeFactor                                               float64
 	libDir, kmemNodeSelector, targetProcesses                string
 }
 
-// Register adds the injection flags to fs.
+// Register adds the injection flags to fs (the server's Go-style flag set).
 func Register(fs *flag.FlagSet) *Flags {
+	f := register(fs)
+	f.changed = func(name string) bool {
+		set := false
+		fs.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+		return set
+	}
+	return f
+}
+
+// RegisterPFlags adds the same flags to a spf13/pflag flag set, whose flags are written
+// kubectl's way (--memkind-image; the kubectl plugin).
+func RegisterPFlags(fs *pflag.FlagSet) *Flags {
+	f := register(fs)
+	f.changed = fs.Changed
+	return f
+}
+
+// flagSet is what register needs: *flag.FlagSet and *pflag.FlagSet both have it.
+type flagSet interface {
+	StringVar(p *string, name, value, usage string)
+	Float64Var(p *float64, name string, value float64, usage string)
+}
+
+func register(fs flagSet) *Flags {
 	d := patch.DefaultConfig()
-	f := &Flags{fs: fs}
+	f := &Flags{}
 	fs.StringVar(&f.file, "config", "", "YAML file with the injection settings (keys as in patch.Config: memkindImage, defaultStorageClass, ...); flags given explicitly override it")
 	fs.StringVar(&f.memkindImage, "memkind-image", d.MemkindImage, "image of the pmem-memkind-init init container")
 	fs.StringVar(&f.defaultStorageClass, "default-storage-class", d.DefaultStorageClass, "storage class of the generated PMEM PVC when the pod names none")
@@ -53,30 +78,30 @@ func (f *Flags) Load() (*patch.Config, error) {
 			return nil, fmt.Errorf("parse config file %s: %w", f.file, err)
 		}
 	}
-	var err error
-	f.fs.Visit(func(fl *flag.Flag) {
+	if f.changed("memkind-image") {
+		cfg.MemkindImage = f.memkindImage
+	}
+	if f.changed("default-storage-class") {
+		cfg.DefaultStorageClass = f.defaultStorageClass
+	}
+	if f.changed("allowed-storage-classes") {
+		cfg.AllowedStorageClasses = splitList(f.allowedStorageClasses)
+	}
+	if f.changed("size-factor") {
+		cfg.SizeFactor = f.sizeFactor
+	}
+	if f.changed("lib-dir") {
+		cfg.LibDir = f.libDir
+	}
+	if f.changed("kmem-node-selector") {
+		sel, err := ParseSelector(f.kmemNodeSelector)
 		if err != nil {
-			return
+			return nil, err
 		}
-		switch fl.Name {
-		case "memkind-image":
-			cfg.MemkindImage = f.memkindImage
-		case "default-storage-class":
-			cfg.DefaultStorageClass = f.defaultStorageClass
-		case "allowed-storage-classes":
-			cfg.AllowedStorageClasses = splitList(f.allowedStorageClasses)
-		case "size-factor":
-			cfg.SizeFactor = f.sizeFactor
-		case "lib-dir":
-			cfg.LibDir = f.libDir
-		case "kmem-node-selector":
-			cfg.KMEMNodeSelector, err = ParseSelector(f.kmemNodeSelector)
-		case "target-processes":
-			cfg.TargetProcesses = splitList(f.targetProcesses)
-		}
-	})
-	if err != nil {
-		return nil, err
+		cfg.KMEMNodeSelector = sel
+	}
+	if f.changed("target-processes") {
+		cfg.TargetProcesses = splitList(f.targetProcesses)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -8,8 +8,25 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/pmem-webhook/pmem-webhook/patch"
 )
+
+// parsers parse args with the injection flags registered on a flag set of each flag package:
+// Register (the server) and RegisterPFlags (the kubectl plugin) must load alike.
+var parsers = map[string]func(args []string) (*Flags, error){
+	"flag": func(args []string) (*Flags, error) {
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		f := Register(fs)
+		return f, fs.Parse(args)
+	},
+	"pflag": func(args []string) (*Flags, error) {
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		f := RegisterPFlags(fs)
+		return f, fs.Parse(args)
+	},
+}
 
 func TestLoadPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "config.yaml")
@@ -31,22 +48,23 @@ func TestLoadPrecedence(t *testing.T) {
 		}},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			fs := flag.NewFlagSet("test", flag.ContinueOnError)
-			f := Register(fs)
-			if err := fs.Parse(tc.args); err != nil {
-				t.Fatal(err)
-			}
-			got, err := f.Load()
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := patch.DefaultConfig()
-			tc.want(&want)
-			if !reflect.DeepEqual(*got, want) {
-				t.Errorf("Load() = %+v, want %+v", *got, want)
-			}
-		})
+		for pkg, parse := range parsers {
+			t.Run(tc.name+"/"+pkg, func(t *testing.T) {
+				f, err := parse(tc.args)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := f.Load()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := patch.DefaultConfig()
+				tc.want(&want)
+				if !reflect.DeepEqual(*got, want) {
+					t.Errorf("Load() = %+v, want %+v", *got, want)
+				}
+			})
+		}
 	}
 }
 
@@ -65,13 +83,14 @@ func TestLoadRejects(t *testing.T) {
 		{[]string{"--config", "/nonexistent.yaml"}, "read config file"},
 	}
 	for _, tc := range cases {
-		fs := flag.NewFlagSet("test", flag.ContinueOnError)
-		f := Register(fs)
-		if err := fs.Parse(tc.args); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.Load(); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%v: Load() error = %v, want %q", tc.args, err, tc.want)
+		for pkg, parse := range parsers {
+			f, err := parse(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Load(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s %v: Load() error = %v, want %q", pkg, tc.args, err, tc.want)
+			}
 		}
 	}
 }

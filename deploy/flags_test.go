@@ -23,7 +23,7 @@ func TestManifestArgsParse(t *testing.T) {
 	renderings := map[string][]byte{"kustomize": k}
 	for name, values := range map[string]map[string]any{
 		"helm certManager": nil,
-		"helm selfSigned":  selfSignedValues,
+		"helm selfSigned":  SelfSignedValues(),
 		"helm kmem": {"injection": map[string]any{
 			"kmemNodeSelector": map[string]any{"pmem.example/kmem": "true", "zone": "a"}, "sizeFactor": 1.5,
 			"allowedStorageClasses": []any{"csi-pmem-direct", "other"}}},

@@ -42,12 +42,19 @@ func Chart() (*chart.Chart, error) {
 // values.schema.json), in Helm's install order. NOTES.txt is not part of the output.
 // It renders for Helm's default capabilities, what `helm template` without a cluster uses.
 func RenderHelm(release, namespace string, values map[string]any) ([]byte, error) {
-	return RenderHelmFor(release, namespace, values, chartutil.DefaultCapabilities)
+	return renderHelmFor(release, namespace, values, chartutil.DefaultCapabilities)
 }
 
-// RenderHelmFor is RenderHelm for the given capabilities: a cluster's Kubernetes version and API
+// SelfSignedValues returns the chart values of `--set certs.mode=selfSigned`: the webhook issues
+// its own certificate and writes the caBundle itself, no cert-manager (docs/deploy.md). A new map
+// on every call, so a caller may add to it.
+func SelfSignedValues() map[string]any {
+	return map[string]any{"certs": map[string]any{"mode": "selfSigned"}}
+}
+
+// renderHelmFor is RenderHelm for the given capabilities: a cluster's Kubernetes version and API
 // versions, as `helm install` discovers them or `helm template --kube-version` sets them.
-func RenderHelmFor(release, namespace string, values map[string]any, caps *chartutil.Capabilities) ([]byte, error) {
+func renderHelmFor(release, namespace string, values map[string]any, caps *chartutil.Capabilities) ([]byte, error) {
 	out, err := renderChart(release, namespace, values, caps)
 	if err != nil {
 		return nil, err
@@ -70,21 +77,6 @@ func RenderHelmFor(release, namespace string, values map[string]any, caps *chart
 		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, strings.TrimSpace(m.Content))
 	}
 	return []byte(b.String()), nil
-}
-
-// RenderHelmNotes renders the chart's NOTES.txt, what `helm install` prints after installing, for
-// Helm's default capabilities.
-func RenderHelmNotes(release, namespace string, values map[string]any) (string, error) {
-	out, err := renderChart(release, namespace, values, chartutil.DefaultCapabilities)
-	if err != nil {
-		return "", err
-	}
-	for name, content := range out {
-		if path.Base(name) == "NOTES.txt" {
-			return content, nil
-		}
-	}
-	return "", fmt.Errorf("helm render %s: no NOTES.txt", ChartDir)
 }
 
 // renderChart renders every template of the chart, keyed by its path.

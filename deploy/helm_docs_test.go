@@ -3,12 +3,15 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"helm.sh/helm/v3/pkg/chartutil"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
@@ -30,10 +33,10 @@ func TestHelmNotes(t *testing.T) {
 		want   []string
 	}{
 		{"cert-manager", nil, []string{annotate, "spec:\n    template:\n      metadata:\n        annotations:\n          pmem.alibabacloud.com/direct: \"true\"", "get certificate pmem-webhook-serving-cert"}},
-		{"self-signed", selfSignedValues, []string{annotate, "selfSigned certificates"}},
+		{"self-signed", SelfSignedValues(), []string{annotate, "selfSigned certificates"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			notes, err := RenderHelmNotes("pmem-webhook", Namespace, tc.values)
+			notes, err := renderHelmNotes("pmem-webhook", Namespace, tc.values)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,4 +128,19 @@ func TestDocsMatchCondition(t *testing.T) {
 	if !bytes.Contains(doc, []byte("`"+string(m[1])+"`")) {
 		t.Errorf("docs/deploy.md does not quote the pod webhook's matchConditions expression:\n%s", m[1])
 	}
+}
+
+// renderHelmNotes renders the chart's NOTES.txt, what `helm install` prints after installing, for
+// Helm's default capabilities.
+func renderHelmNotes(release, namespace string, values map[string]any) (string, error) {
+	out, err := renderChart(release, namespace, values, chartutil.DefaultCapabilities)
+	if err != nil {
+		return "", err
+	}
+	for name, content := range out {
+		if path.Base(name) == "NOTES.txt" {
+			return content, nil
+		}
+	}
+	return "", fmt.Errorf("helm render %s: no NOTES.txt", ChartDir)
 }

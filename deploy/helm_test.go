@@ -11,9 +11,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 )
 
-// selfSignedValues selects the chart's certs/ bootstrap instead of cert-manager.
-var selfSignedValues = map[string]any{"certs": map[string]any{"mode": "selfSigned"}}
-
 func renderHelm(t *testing.T, release, namespace string, values map[string]any) *rendered {
 	t.Helper()
 	m, err := RenderHelm(release, namespace, values)
@@ -26,7 +23,7 @@ func renderHelm(t *testing.T, release, namespace string, values map[string]any) 
 func TestHelmGolden(t *testing.T) {
 	for name, values := range map[string]map[string]any{
 		"helm-certmanager.golden.yaml": nil,
-		"helm-selfsigned.golden.yaml":  selfSignedValues,
+		"helm-selfsigned.golden.yaml":  SelfSignedValues(),
 	} {
 		m, err := RenderHelm("pmem-webhook", Namespace, values)
 		if err != nil {
@@ -62,7 +59,7 @@ func TestHelmCertManager(t *testing.T) {
 // The self-signed mode: no cert-manager objects, the webhook writes the caBundle and keeps the
 // certificate in one Secret, with RBAC restricted to exactly those two objects.
 func TestHelmSelfSigned(t *testing.T) {
-	m, err := RenderHelm("pmem-webhook", Namespace, selfSignedValues)
+	m, err := RenderHelm("pmem-webhook", Namespace, SelfSignedValues())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +303,7 @@ func TestHelmBadValues(t *testing.T) {
 // helm lint, in-process: chart metadata, template syntax, YAML validity, schema, and Kubernetes
 // object checks, for both certificate modes. Info-level notes (such as "icon is recommended") pass.
 func TestHelmLint(t *testing.T) {
-	for name, values := range map[string]map[string]any{"certManager": nil, "selfSigned": selfSignedValues} {
+	for name, values := range map[string]map[string]any{"certManager": nil, "selfSigned": SelfSignedValues()} {
 		t.Run(name, func(t *testing.T) {
 			linter := lint.All(ChartDir, values, Namespace, false)
 			for _, msg := range linter.Messages {

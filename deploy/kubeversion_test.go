@@ -58,8 +58,8 @@ func TestHelmKubeVersionGuard(t *testing.T) {
 			caps.HelmVersion.Version = tc.helm
 			caps.KubeVersion = chartutil.KubeVersion{Version: tc.version}
 			caps.APIVersions = tc.apis
-			for _, values := range []map[string]any{nil, selfSignedValues} {
-				out, err := RenderHelmFor("pmem-webhook", Namespace, values, caps)
+			for _, values := range []map[string]any{nil, SelfSignedValues()} {
+				out, err := renderHelmFor("pmem-webhook", Namespace, values, caps)
 				switch {
 				case tc.wantErr == "" && err != nil:
 					t.Fatalf("values %v: want a rendering, got %v", values, err)

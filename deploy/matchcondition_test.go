@@ -29,7 +29,7 @@ func TestMatchConditionIsOptInRule(t *testing.T) {
 	if renderings["kustomize"], err = RenderDefault(); err != nil {
 		t.Fatal(err)
 	}
-	for name, values := range map[string]map[string]any{"helm certManager": nil, "helm selfSigned": selfSignedValues} {
+	for name, values := range map[string]map[string]any{"helm certManager": nil, "helm selfSigned": SelfSignedValues()} {
 		if renderings[name], err = RenderHelm("pmem-webhook", Namespace, values); err != nil {
 			t.Fatal(err)
 		}

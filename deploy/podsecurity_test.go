@@ -21,7 +21,7 @@ func TestWebhookPodIsRestricted(t *testing.T) {
 		t.Fatal(err)
 	}
 	renderings := map[string][]byte{"kustomize": k}
-	for name, values := range map[string]map[string]any{"helm certManager": nil, "helm selfSigned": selfSignedValues} {
+	for name, values := range map[string]map[string]any{"helm certManager": nil, "helm selfSigned": SelfSignedValues()} {
 		if renderings[name], err = RenderHelm("pmem-webhook", Namespace, values); err != nil {
 			t.Fatal(err)
 		}

@@ -49,11 +49,11 @@ func DecodePartial(raw []byte) (*corev1.Pod, error) {
 		err := eachField(metadata, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
 			switch key {
 			case "name":
-				pod.Name, err = stringValue(value, vt, "metadata.name")
+				pod.Name, err = stringValue(value, vt, at("metadata.name"))
 			case "generateName":
-				pod.GenerateName, err = stringValue(value, vt, "metadata.generateName")
+				pod.GenerateName, err = stringValue(value, vt, at("metadata.generateName"))
 			case "annotations":
-				pod.Annotations, err = stringMapValue(value, vt, "metadata.annotations")
+				pod.Annotations, err = stringMapValue(value, vt, at("metadata.annotations"))
 			}
 			return err
 		})
@@ -67,7 +67,7 @@ func DecodePartial(raw []byte) (*corev1.Pod, error) {
 	err := eachField(spec, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
 		switch key {
 		case "nodeSelector":
-			pod.Spec.NodeSelector, err = stringMapValue(value, vt, "spec.nodeSelector")
+			pod.Spec.NodeSelector, err = stringMapValue(value, vt, at("spec.nodeSelector"))
 		case "volumes":
 			pod.Spec.Volumes, err = volumes(value, vt)
 		case "initContainers":
@@ -79,7 +79,7 @@ func DecodePartial(raw []byte) (*corev1.Pod, error) {
 		case "os":
 			// The fields that can say "Windows" are rare and small:
 			// decoded whole.
-			err = unmarshalField(value, vt, "spec.os", &pod.Spec.OS)
+			err = unmarshalField(value, vt, at("spec.os"), &pod.Spec.OS)
 		case "securityContext":
 			var sc struct {
 				WindowsOptions *corev1.WindowsSecurityContextOptions `json:"windowsOptions"`
@@ -87,14 +87,14 @@ func DecodePartial(raw []byte) (*corev1.Pod, error) {
 				FSGroup        *int64                                `json:"fsGroup"`
 				SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 			}
-			if err = unmarshalField(value, vt, "spec.securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil || sc.SeccompProfile != nil) {
+			if err = unmarshalField(value, vt, at("spec.securityContext"), &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.FSGroup != nil || sc.SeccompProfile != nil) {
 				pod.Spec.SecurityContext = &corev1.PodSecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, FSGroup: sc.FSGroup, SeccompProfile: sc.SeccompProfile}
 			}
 		case "affinity":
 			var a struct {
 				NodeAffinity *corev1.NodeAffinity `json:"nodeAffinity"`
 			}
-			if err = unmarshalField(value, vt, "spec.affinity", &a); err == nil && a.NodeAffinity != nil {
+			if err = unmarshalField(value, vt, at("spec.affinity"), &a); err == nil && a.NodeAffinity != nil {
 				pod.Spec.Affinity = &corev1.Affinity{NodeAffinity: a.NodeAffinity}
 			}
 		}
@@ -117,7 +117,7 @@ func eachField(obj []byte, fn func(key string, value []byte, vt jsonparser.Value
 	})
 }
 
-func stringValue(value []byte, vt jsonparser.ValueType, field string) (string, error) {
+func stringValue(value []byte, vt jsonparser.ValueType, field where) (string, error) {
 	switch vt {
 	case jsonparser.Null:
 		return "", nil
@@ -129,7 +129,7 @@ func stringValue(value []byte, vt jsonparser.ValueType, field string) (string, e
 
 // stringMapValue mirrors encoding/json: null -> nil map, {} -> empty
 // non-nil map.
-func stringMapValue(value []byte, vt jsonparser.ValueType, field string) (map[string]string, error) {
+func stringMapValue(value []byte, vt jsonparser.ValueType, field where) (map[string]string, error) {
 	if vt == jsonparser.Null {
 		return nil, nil
 	}
@@ -149,7 +149,7 @@ func stringMapValue(value []byte, vt jsonparser.ValueType, field string) (map[st
 
 // elements returns the raw elements of a list of objects; nil for null,
 // empty non-nil for [].
-func elements(value []byte, vt jsonparser.ValueType, field string) ([][]byte, error) {
+func elements(value []byte, vt jsonparser.ValueType, field where) ([][]byte, error) {
 	if vt == jsonparser.Null {
 		return nil, nil
 	}
@@ -174,7 +174,7 @@ func elements(value []byte, vt jsonparser.ValueType, field string) ([][]byte, er
 // decodes whole only the injector's own, which Apply compares with
 // what it would inject when a pod is marked injected.
 func volumes(value []byte, vt jsonparser.ValueType) ([]corev1.Volume, error) {
-	elems, err := elements(value, vt, "spec.volumes")
+	elems, err := elements(value, vt, at("spec.volumes"))
 	if err != nil || elems == nil {
 		return nil, err
 	}
@@ -192,7 +192,7 @@ func volumes(value []byte, vt jsonparser.ValueType) ([]corev1.Volume, error) {
 	return out, nil
 }
 
-func stringListValue(value []byte, vt jsonparser.ValueType, field string) ([]string, error) {
+func stringListValue(value []byte, vt jsonparser.ValueType, field where) ([]string, error) {
 	if vt == jsonparser.Null {
 		return nil, nil
 	}
@@ -223,7 +223,7 @@ func stringListValue(value []byte, vt jsonparser.ValueType, field string) ([]str
 
 // unmarshalField decodes a rare, small field whole; null leaves it unset,
 // as encoding/json does.
-func unmarshalField(value []byte, vt jsonparser.ValueType, field string, into any) error {
+func unmarshalField(value []byte, vt jsonparser.ValueType, field where, into any) error {
 	if vt == jsonparser.Null {
 		return nil
 	}
@@ -234,24 +234,24 @@ func unmarshalField(value []byte, vt jsonparser.ValueType, field string, into an
 }
 
 func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Container, error) {
-	elems, err := elements(value, vt, list)
+	elems, err := elements(value, vt, at(list))
 	if err != nil || elems == nil {
 		return nil, err
 	}
 	out := make([]corev1.Container, len(elems))
 	for i, e := range elems {
 		c := &out[i]
-		field := list + "[" + strconv.Itoa(i) + "]"
+		field := where{list: list, i: i}
 		err := eachField(e, func(key string, value []byte, vt jsonparser.ValueType) (err error) {
 			switch key {
 			case "name":
-				c.Name, err = stringValue(value, vt, field+".name")
+				c.Name, err = stringValue(value, vt, field.with(".name"))
 			case "image":
-				c.Image, err = stringValue(value, vt, field+".image")
+				c.Image, err = stringValue(value, vt, field.with(".image"))
 			case "command":
-				c.Command, err = stringListValue(value, vt, field+".command")
+				c.Command, err = stringListValue(value, vt, field.with(".command"))
 			case "args":
-				c.Args, err = stringListValue(value, vt, field+".args")
+				c.Args, err = stringListValue(value, vt, field.with(".args"))
 			case "resources":
 				c.Resources.Limits, err = memoryLimit(value, vt, field)
 			case "volumeMounts":
@@ -260,7 +260,7 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 				c.Env, err = env(value, vt, field)
 			case "restartPolicy":
 				var p string
-				if p, err = stringValue(value, vt, field+".restartPolicy"); err == nil && p != "" {
+				if p, err = stringValue(value, vt, field.with(".restartPolicy")); err == nil && p != "" {
 					c.RestartPolicy = ptr(corev1.ContainerRestartPolicy(p))
 				}
 			case "securityContext":
@@ -269,7 +269,7 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 					RunAsUser      *int64                                `json:"runAsUser"`
 					SeccompProfile *corev1.SeccompProfile                `json:"seccompProfile"`
 				}
-				if err = unmarshalField(value, vt, field+".securityContext", &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.SeccompProfile != nil) {
+				if err = unmarshalField(value, vt, field.with(".securityContext"), &sc); err == nil && (sc.WindowsOptions != nil || sc.RunAsUser != nil || sc.SeccompProfile != nil) {
 					c.SecurityContext = &corev1.SecurityContext{WindowsOptions: sc.WindowsOptions, RunAsUser: sc.RunAsUser, SeccompProfile: sc.SeccompProfile}
 				}
 			case "envFrom":
@@ -289,7 +289,7 @@ func containers(value []byte, vt jsonparser.ValueType, list string) ([]corev1.Co
 	return out, nil
 }
 
-func memoryLimit(resources []byte, vt jsonparser.ValueType, field string) (corev1.ResourceList, error) {
+func memoryLimit(resources []byte, vt jsonparser.ValueType, field where) (corev1.ResourceList, error) {
 	if vt != jsonparser.Object {
 		return nil, nil
 	}
@@ -318,8 +318,8 @@ func memoryLimit(resources []byte, vt jsonparser.ValueType, field string) (corev
 	return corev1.ResourceList{corev1.ResourceMemory: q}, nil
 }
 
-func mounts(value []byte, vt jsonparser.ValueType, field string) ([]corev1.VolumeMount, error) {
-	elems, err := elements(value, vt, field+".volumeMounts")
+func mounts(value []byte, vt jsonparser.ValueType, field where) ([]corev1.VolumeMount, error) {
+	elems, err := elements(value, vt, field.with(".volumeMounts"))
 	if err != nil || elems == nil {
 		return nil, err
 	}
@@ -338,7 +338,7 @@ func mounts(value []byte, vt jsonparser.ValueType, field string) ([]corev1.Volum
 // env keeps every entry's name (indexes must match the document), the
 // value only of the variables the injector owns or joins, and valueFrom
 // only as "present". One pass: the env list is the bulk of large pods.
-func env(value []byte, vt jsonparser.ValueType, field string) ([]corev1.EnvVar, error) {
+func env(value []byte, vt jsonparser.ValueType, field where) ([]corev1.EnvVar, error) {
 	if vt == jsonparser.Null {
 		return nil, nil
 	}
@@ -365,7 +365,7 @@ func env(value []byte, vt jsonparser.ValueType, field string) ([]corev1.EnvVar, 
 	return out, err
 }
 
-func envVar(e []byte, field string, i int) (corev1.EnvVar, error) {
+func envVar(e []byte, field where, i int) (corev1.EnvVar, error) {
 	var v corev1.EnvVar
 	// Names are compared as bytes first: allocating 1,500 strings is the
 	// cost this decoder exists to avoid.
@@ -413,4 +413,30 @@ func optString(raw []byte, path ...string) (string, error) {
 		return "", fmt.Errorf("%v: %w", path, err)
 	}
 	return v, nil
+}
+
+// where names a field in error messages: field alone, or, for a field of a list element,
+// list[i] then field (spec.containers[2].image). DecodePartial runs on every admission and a
+// decode that succeeds reports no error, so the name is a value that is turned into text
+// (String, or a %s verb) only when an error is reported.
+type where struct {
+	list  string // the list; "" when the field is not in a list element
+	i     int    // the element's index in list
+	field string // the field ("metadata.name"), or the path within the element (".image"; "" for the element itself)
+}
+
+// at names a field that is not in a list element.
+func at(field string) where { return where{field: field} }
+
+// with names the field f (".image") of the element w names.
+func (w where) with(f string) where {
+	w.field = f
+	return w
+}
+
+func (w where) String() string {
+	if w.list == "" {
+		return w.field
+	}
+	return w.list + "[" + strconv.Itoa(w.i) + "]" + w.field
 }

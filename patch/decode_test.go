@@ -116,3 +116,25 @@ func TestDecodePartialKeepsWarningFields(t *testing.T) {
 		})
 	}
 }
+
+// The field names in decode errors are built only when an error is reported (where.String):
+// they must still say which element and which field, as they did when built eagerly.
+func TestDecodePartialErrorNames(t *testing.T) {
+	for raw, want := range map[string]string{
+		`{"metadata":{"name":1}}`:                                                    "metadata.name: want a string",
+		`{"spec":{"volumes":[1]}}`:                                                   "spec.volumes: elements must be objects",
+		`{"spec":{"containers":[{},{"name":1}]}}`:                                    "spec.containers[1].name: want a string",
+		`{"spec":{"initContainers":[{},{},{"image":1}]}}`:                            "spec.initContainers[2].image: want a string",
+		`{"spec":{"containers":[{"args":[1]}]}}`:                                     "spec.containers[0].args: want a list of strings",
+		`{"spec":{"containers":[{"resources":{"limits":{"memory":true}}}]}}`:         "spec.containers[0].resources.limits.memory: want a quantity",
+		`{"spec":{"containers":[{},{},{},{},{},{},{},{},{},{},{"volumeMounts":1}]}}`: "spec.containers[10].volumeMounts: want a list",
+		`{"spec":{"containers":[{"env":[{},{"name":1}]}]}}`:                          "spec.containers[0].env[1].name is not a string",
+		`{"spec":{"containers":[{"restartPolicy":1}]}}`:                              "spec.containers[0].restartPolicy: want a string",
+		`{"spec":{"containers":[{"envFrom":1}]}}`:                                    "spec.containers[0].envFrom: json: cannot unmarshal",
+	} {
+		_, err := DecodePartial([]byte(raw))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("DecodePartial(%s): error %v, want %q", raw, err, want)
+		}
+	}
+}

@@ -102,7 +102,7 @@ func newInstall(t *testing.T) *install {
 		t.Fatal(err)
 	}
 	in := &install{ns: ns.Name, release: "pmem-" + rand.String(6), admin: admin}
-	manifests, err := deploy.RenderHelm(in.release, in.ns, map[string]any{"certs": map[string]any{"mode": "selfSigned"}})
+	manifests, err := deploy.RenderHelm(in.release, in.ns, deploy.SelfSignedValues())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,13 +6,14 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/spf13/pflag"
 
 	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
 	"github.com/pmem-webhook/pmem-webhook/config"
@@ -60,16 +61,17 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		name, args = "kubectl pmem inject", args[1:]
 	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// pflag, as enable, disable and status (package plugin) and kubectl itself: -f or --filename,
+	// --memkind-image.
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("f", "-", "manifest file to inject (multi-document YAML); - reads stdin")
-	inject := config.Register(fs)
+	file := fs.StringP("filename", "f", "-", "manifest file to inject (multi-document YAML); - reads stdin")
+	inject := config.RegisterPFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: %s -f FILE [flags]\n\nWrites FILE's documents to stdout with PMEM injected into the pod templates annotated pmem.alibabacloud.com/direct: \"true\".\n\n", name)
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "usage: %s -f FILE [flags]\n\nWrites FILE's documents to stdout with PMEM injected into the pod templates annotated pmem.alibabacloud.com/direct: \"true\".\n\nFlags:\n%s", name, fs.FlagUsages())
 	}
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, pflag.ErrHelp) {
 			return nil // help asked for and printed: not a failure
 		}
 		return err

@@ -149,6 +149,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"kubectl-pmem", "help"}, "kubectl pmem disable WORKLOAD"},
 		{[]string{"pmem-inject", "--help"}, "kubectl pmem enable WORKLOAD"},
 		{[]string{"kubectl-pmem", "inject", "--help"}, "usage: kubectl pmem inject -f FILE"},
+		{[]string{"kubectl-pmem", "inject", "-h"}, "-f, --filename string"},
+		{[]string{"pmem-inject", "-f", "-", "--help"}, "--memkind-image string"},
 		{[]string{"kubectl-pmem", "enable", "--help"}, "usage: kubectl pmem enable WORKLOAD"},
 		{[]string{"kubectl-pmem", "disable", "-h"}, "pods roll back to DRAM"},
 		{[]string{"kubectl-pmem", "status", "--help"}, "--kubeconfig"},
@@ -169,5 +171,35 @@ func TestInjectBadYAML(t *testing.T) {
 	err := run([]string{"pmem-inject"}, strings.NewReader("kind: Pod\nmetadata: [unclosed\n"), &out, io.Discard)
 	if err == nil || errors.Is(err, io.EOF) {
 		t.Fatalf("bad YAML: err = %v", err)
+	}
+}
+
+// TestInjectFlagStyle: inject parses its flags as enable, disable, status and kubectl do
+// (spf13/pflag): -f FILE as the README shows it, and kubectl's other spellings of -f.
+func TestInjectFlagStyle(t *testing.T) {
+	const file = "../../deploy/examples/redis-pmem.yaml"
+	want, _, err := inject(t, "-f", file)
+	if err != nil || !strings.Contains(want, "pmem.alibabacloud.com/status: injected") {
+		t.Fatalf("-f %s: err %v, output not injected:\n%s", file, err, want)
+	}
+	for _, args := range [][]string{
+		{"-f=" + file},
+		{"--filename", file},
+		{"--filename=" + file},
+		{"-f", file, "--memkind-image", "pmem-webhook/memkind:dev"}, // the default, given explicitly
+		{"--memkind-image=pmem-webhook/memkind:dev", "-f", file},
+	} {
+		if got, stderr, err := inject(t, args...); err != nil || got != want {
+			t.Errorf("%q: err %v, output differs from -f's:\n%s%s", args, err, got, stderr)
+		}
+	}
+	var out bytes.Buffer
+	in := strings.NewReader(want)
+	if err := run([]string{"kubectl-pmem", "inject", "-f", "-"}, in, &out, io.Discard); err != nil || out.String() != want {
+		t.Errorf("kubectl pmem inject -f - (an injected manifest on stdin): err %v, output changed:\n%s", err, out.String())
+	}
+	// kubectl's style has no single-dash long flags.
+	if _, _, err := inject(t, "-f", file, "-memkind-image", "x"); err == nil || !strings.Contains(err.Error(), "-memkind-image") {
+		t.Errorf("-memkind-image: err = %v, want an error naming it", err)
 	}
 }

@@ -43,8 +43,6 @@ const (
 	commandTimeout  = 3 * time.Minute
 )
 
-var selfSignedValues = map[string]any{"certs": map[string]any{"mode": "selfSigned"}}
-
 // env is where the real clients are and how to run a command line as a user would.
 type env struct {
 	root   string // repository root: the README's commands run there
@@ -177,7 +175,9 @@ func TestRenderingsMatchInProcess(t *testing.T) {
 		{"helm template pmem-webhook deploy/helm/pmem-webhook -n pmem-system",
 			func() ([]byte, error) { return deploy.RenderHelm("pmem-webhook", deploy.Namespace, nil) }},
 		{"helm template pmem-webhook deploy/helm/pmem-webhook -n pmem-system --set certs.mode=selfSigned",
-			func() ([]byte, error) { return deploy.RenderHelm("pmem-webhook", deploy.Namespace, selfSignedValues) }},
+			func() ([]byte, error) {
+				return deploy.RenderHelm("pmem-webhook", deploy.Namespace, deploy.SelfSignedValues())
+			}},
 		{"helm template prod deploy/helm/pmem-webhook -n pmem",
 			func() ([]byte, error) { return deploy.RenderHelm("prod", "pmem", nil) }},
 		{"kustomize build deploy/default", deploy.RenderDefault},
@@ -298,7 +298,9 @@ var scenarios = []scenario{
 	{
 		name: "helm install, self-signed", cluster: true,
 		blocks: []block{{installSection, []string{"helm install pmem-webhook deploy/helm/pmem-webhook -n pmem-system --create-namespace --set certs.mode=selfSigned"}}},
-		want:   func() ([]byte, error) { return deploy.RenderHelm("pmem-webhook", deploy.Namespace, selfSignedValues) },
+		want: func() ([]byte, error) {
+			return deploy.RenderHelm("pmem-webhook", deploy.Namespace, deploy.SelfSignedValues())
+		},
 	},
 	{
 		name: "kustomize build | kubectl apply", cluster: true,

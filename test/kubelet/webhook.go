@@ -229,7 +229,7 @@ func DeployWebhookHelmSelfSigned(ctx context.Context, cfg *rest.Config, timeout 
 	if err := c.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
 		return "", fmt.Errorf("create Namespace %s: %w", ns.GetName(), err)
 	}
-	manifests, err := deploy.RenderHelm("pmem-webhook", deploy.Namespace, map[string]any{"certs": map[string]any{"mode": "selfSigned"}})
+	manifests, err := deploy.RenderHelm("pmem-webhook", deploy.Namespace, deploy.SelfSignedValues())
 	if err != nil {
 		return "", err
 	}
