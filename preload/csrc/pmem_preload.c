@@ -1516,11 +1516,26 @@ static void maybe_restore(void)
 
 static int pipe_w = -1;
 
+// The lock is not held across the fork. Prepare handlers run in the reverse
+// order of registration, and a library loaded as a dependency of the
+// program (Debian's libjemalloc.so.2) registers its handlers in its
+// constructor, before ours: its prepare handler then runs after this one
+// and takes the allocator's mutexes, one of which its background thread
+// holds while it purges (madvise: an interposed call that needs the lock).
+// Holding the lock here deadlocked Redis 6.0 in BGSAVE (test/matrix,
+// bullseye-root: main thread in jemalloc's prefork, jemalloc_bg_thd spinning
+// in lock()). Released here, what other threads do until the fork is
+// already the private mode's (new maps anonymous, frees zero pages, no
+// write to the file), no write-back starts (the new child's pipe is
+// registered), and the child resets a lock it may inherit held (it uses no
+// bookkeeping that a half-done call could leave inconsistent).
 static void fork_prepare(void)
 {
 	lock();
-	if (st.mode != FSDAX || st.child)
+	if (st.mode != FSDAX || st.child) {
+		unlock();
 		return;
+	}
 	if (!st.privat) {
 		// msync is not needed: a MAP_SHARED store is in the page cache
 		// (or on the DAX media) already.
@@ -1537,9 +1552,11 @@ static void fork_prepare(void)
 		st.norestore = 1; // cannot tell when this child is gone
 		setwhy("more than 8 concurrent children");
 	}
+	unlock();
 }
 static void fork_parent(void)
 {
+	lock();
 	st.forks++;
 	if (st.mode == FSDAX && !st.child) {
 		if (pipe_w >= 0)

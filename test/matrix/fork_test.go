@@ -174,7 +174,7 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 		before := forks()
 		vers, started, err := forkAt(c, pauseWrite)
 		if err != nil {
-			t.Fatalf("BGSAVE %d: %v (server alive %v)\n%s", len(dumps), err, p.alive(), tail(p.log.String()))
+			t.Fatalf("BGSAVE %d: %.300v (server alive %v)\n%s\n%s", len(dumps), err, p.alive(), tail(p.log.String()), threads(pid, statusDir))
 		}
 		if !started { // an automatic save began meanwhile
 			time.Sleep(50 * time.Millisecond)
@@ -395,6 +395,35 @@ func shutdownFork(t *testing.T, r row, c *redischeck.Client, p *running) {
 	case <-time.After(15 * time.Second):
 		t.Errorf("%s still running 15s after SHUTDOWN NOSAVE", r.server)
 	}
+}
+
+// threads describes a server that stopped answering: per thread its name,
+// state, kernel wait channel, system call and signal masks, and the
+// preload's status file.
+func threads(pid int, statusDir string) string {
+	var b strings.Builder
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	for _, task := range tasks {
+		read := func(name string) string {
+			d, _ := os.ReadFile(filepath.Join(task, name))
+			return strings.TrimSpace(string(d))
+		}
+		var state, blk string
+		for _, l := range strings.Split(read("status"), "\n") {
+			if v, ok := strings.CutPrefix(l, "State:"); ok {
+				state = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(l, "SigBlk:"); ok {
+				blk = strings.TrimSpace(v)
+			}
+		}
+		fmt.Fprintf(&b, "task %s %q state %s wchan %s syscall %s sigblk %s\n%s\n", filepath.Base(task), read("comm"), state,
+			read("wchan"), read("syscall"), blk, read("stack"))
+	}
+	if st, err := os.ReadFile(preload.StatusPath(statusDir, pid)); err == nil {
+		b.WriteString(strings.Join(strings.Fields(string(st)), " "))
+	}
+	return b.String()
 }
 
 func copyFile(src, dst string) error {
