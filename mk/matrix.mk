@@ -8,7 +8,8 @@
 MATRIX_APT_PACKAGES := redis-tools gosu
 
 # Bounds: a cold build measured ~8 min here (docs/node.md), a warm one under
-# a second; the rows themselves take seconds.
+# a second; the rows take about a minute (each row's fork step, 5 BGSAVEs
+# under a write load and its write-back, 2-7 s of it).
 VARIANTS_TIMEOUT := 45m
 MATRIX_TIMEOUT := 10m
 
@@ -22,6 +23,6 @@ matrix-deps:
 variants:
 	timeout $(VARIANTS_TIMEOUT) test/variants/build.sh $(BIN)
 
-## test-matrix: every image class under the webhook's env: placement from smaps, tools, SHUTDOWN (missing variants fail)
+## test-matrix: every image class under the webhook's env: placement from smaps, tools, SHUTDOWN, 5 BGSAVEs under writes with exact dumps and the write-back (missing variants fail)
 test-matrix: matrix-deps variants preload stage-memkind
 	PMEM_MATRIX_REQUIRED=1 PMEM_MATRIX_BIN=$(BIN) $(GO) test -count=1 -timeout $(MATRIX_TIMEOUT) -v ./test/matrix

@@ -1,7 +1,10 @@
 # Node tier: the PMEM preload (page-level placement), the init program and Debian's real Redis.
 # (issue 4; docs/node.md)
 
-NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils musl-tools
+# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user: the preload built
+# for aarch64 and its C tests run under qemu-aarch64 (preload/arm64_test.go).
+NODE_APT_PACKAGES := redis-server redis-tools gcc libc6-dev binutils musl-tools \
+	gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 NODE_PKGS := ./preload/... ./memkindinit/... ./cmd/pmem-memkind-init/... ./cmd/pmem-stage/... ./test/node/...
 
 .PHONY: node-deps preload stage-memkind test-node bench-redis bench-fork

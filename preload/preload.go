@@ -28,10 +28,34 @@ var Source []byte
 var Flags = []string{"-O2", "-g", "-fPIC", "-shared", "-nostdlib", "-ffreestanding", "-fno-builtin",
 	"-fno-stack-protector", "-fvisibility=hidden", "-Wl,-z,defs", "-Wall", "-Wextra", "-Werror"}
 
-// Build compiles the preload into out with cc (gcc when empty).
+// ArchFlags are added to Flags for a target (the first field of `cc
+// -dumpmachine`). aarch64: gcc's default outline atomics call helpers in
+// libgcc (__aarch64_swp4_acq, ...), which -nostdlib leaves undefined; inline
+// LL/SC atomics work on every ARMv8.
+var ArchFlags = map[string][]string{"aarch64": {"-mno-outline-atomics"}}
+
+// Target returns the architecture cc compiles for ("x86_64", "aarch64").
+func Target(ctx context.Context, cc string) (string, error) {
+	if cc == "" {
+		cc = "gcc"
+	}
+	out, err := exec.CommandContext(ctx, cc, "-dumpmachine").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s -dumpmachine: %w", cc, err)
+	}
+	arch, _, _ := strings.Cut(strings.TrimSpace(string(out)), "-")
+	return arch, nil
+}
+
+// Build compiles the preload into out with cc (gcc when empty): Flags, plus
+// ArchFlags of the compiler's target.
 func Build(ctx context.Context, cc, out string) error {
 	if cc == "" {
 		cc = "gcc"
+	}
+	arch, err := Target(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("build preload: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "pmem-preload-src-")
 	if err != nil {
@@ -44,6 +68,7 @@ func Build(ctx context.Context, cc, out string) error {
 	}
 	// The temp dir must not leak into the debug info: same source, same bytes.
 	args := append([]string{"-ffile-prefix-map=" + dir + "=preload/csrc"}, Flags...)
+	args = append(args, ArchFlags[arch]...)
 	args = append(args, "-o", out, src)
 	cmd := exec.CommandContext(ctx, cc, args...)
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -90,6 +90,8 @@ enum {
 	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
+	SYS_pread64 = 67, SYS_getdents64 = 61, SYS_tgkill = 131, SYS_rt_sigaction = 134,
+	SYS_gettid = 178, SYS_clock_gettime = 113, SYS_sched_yield = 124,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -848,8 +850,8 @@ static void futex_wake(int *w) { sc6(SYS_futex, (long)w, FUTEX_WAKE_PRIVATE, 0x7
 static int blocker; // a thread that blocks PAUSE_SIG: it must run the write-back
 static int handler_ok; // 0 unknown, 1 installed, -1 unavailable
 
-#ifdef __x86_64__
 void pmem_restorer(void) __attribute__((visibility("hidden")));
+#ifdef __x86_64__
 __asm__(".pushsection .text\n"
 	".hidden pmem_restorer\n"
 	".globl pmem_restorer\n"
@@ -858,6 +860,19 @@ __asm__(".pushsection .text\n"
 	"	mov $15, %eax\n" // rt_sigreturn
 	"	syscall\n"
 	".popsection\n");
+#else
+// aarch64: the kernel (and qemu-user) would use the vDSO's trampoline
+// without SA_RESTORER; ours is the same two instructions, so both archs
+// take one path.
+__asm__(".pushsection .text\n"
+	".hidden pmem_restorer\n"
+	".globl pmem_restorer\n"
+	".type pmem_restorer,%function\n"
+	"pmem_restorer:\n"
+	"	mov x8, #139\n" // rt_sigreturn
+	"	svc 0\n"
+	".popsection\n");
+#endif
 
 static void on_pause(int sig)
 {
@@ -883,9 +898,6 @@ static int install_handler(void)
 		return -1;
 	return sc6(SYS_rt_sigaction, PAUSE_SIG, (long)&act, 0, 8, 0, 0) < 0 ? -1 : 1;
 }
-#else
-static int install_handler(void) { return -1; }
-#endif
 
 static long now_us(void)
 {
@@ -1504,11 +1516,26 @@ static void maybe_restore(void)
 
 static int pipe_w = -1;
 
+// The lock is not held across the fork. Prepare handlers run in the reverse
+// order of registration, and a library loaded as a dependency of the
+// program (Debian's libjemalloc.so.2) registers its handlers in its
+// constructor, before ours: its prepare handler then runs after this one
+// and takes the allocator's mutexes, one of which its background thread
+// holds while it purges (madvise: an interposed call that needs the lock).
+// Holding the lock here deadlocked Redis 6.0 in BGSAVE (test/matrix,
+// bullseye-root: main thread in jemalloc's prefork, jemalloc_bg_thd spinning
+// in lock()). Released here, what other threads do until the fork is
+// already the private mode's (new maps anonymous, frees zero pages, no
+// write to the file), no write-back starts (the new child's pipe is
+// registered), and the child resets a lock it may inherit held (it uses no
+// bookkeeping that a half-done call could leave inconsistent).
 static void fork_prepare(void)
 {
 	lock();
-	if (st.mode != FSDAX || st.child)
+	if (st.mode != FSDAX || st.child) {
+		unlock();
 		return;
+	}
 	if (!st.privat) {
 		// msync is not needed: a MAP_SHARED store is in the page cache
 		// (or on the DAX media) already.
@@ -1525,9 +1552,11 @@ static void fork_prepare(void)
 		st.norestore = 1; // cannot tell when this child is gone
 		setwhy("more than 8 concurrent children");
 	}
+	unlock();
 }
 static void fork_parent(void)
 {
+	lock();
 	st.forks++;
 	if (st.mode == FSDAX && !st.child) {
 		if (pipe_w >= 0)

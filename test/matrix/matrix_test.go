@@ -138,6 +138,7 @@ func printTable(t *testing.T) {
 		}
 		fmt.Fprintf(&b, "%-16s %14d %14d %7s  %-10s %s\n", r.row, r.pmemKB, r.anonKB, share, r.toolsNote, r.shutdownNote)
 	}
+	forkTable(&b)
 	t.Log(b.String())
 }
 
@@ -150,6 +151,7 @@ func record(r result) {
 // sandbox is where one row's processes see the pod's volumes.
 type sandbox struct {
 	root    string   // chroot dir ("" = /)
+	top     string   // host dir holding the row's volumes (inside root for chroot rows)
 	env     []string // the target container's env, paths in the process's view
 	pmemDir string   // host path of the pmem volume
 	pmemIn  string   // the same dir as the process sees it
@@ -159,6 +161,33 @@ type sandbox struct {
 
 // host maps a path as the process sees it to the host.
 func (s *sandbox) host(p string) string { return filepath.Join(s.root, p) }
+
+// inView maps a host path to the process's view (inside the chroot).
+func (s *sandbox) inView(t *testing.T, hostPath string) string {
+	t.Helper()
+	if s.root == "" {
+		return hostPath
+	}
+	rel, err := filepath.Rel(s.root, hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "/" + rel
+}
+
+// mkdir makes dir name under the row's top dir with exactly mode.
+func (s *sandbox) mkdir(t *testing.T, name string, mode os.FileMode) string {
+	t.Helper()
+	d := filepath.Join(s.top, name)
+	if err := os.Mkdir(d, mode); err != nil {
+		t.Fatal(err)
+	}
+	// Mkdir applies the umask; the mode is the point here.
+	if err := os.Chmod(d, mode); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
 
 // setup admits the pod fixture with the row's command, and lays out its
 // volumes: the lib volume gets a copy of the staged closure (what the init
@@ -204,27 +233,9 @@ func setup(t *testing.T, r row, variantDir, closure string) *sandbox {
 	if err := os.Chmod(top, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	inView := func(hostPath string) string {
-		if s.root == "" {
-			return hostPath
-		}
-		rel, err := filepath.Rel(s.root, hostPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return "/" + rel
-	}
-	mkdir := func(name string, mode os.FileMode) string {
-		d := filepath.Join(top, name)
-		if err := os.Mkdir(d, mode); err != nil {
-			t.Fatal(err)
-		}
-		// Mkdir applies the umask; the mode is the point here.
-		if err := os.Chmod(d, mode); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
+	s.top = top
+	inView := func(hostPath string) string { return s.inView(t, hostPath) }
+	mkdir := func(name string, mode os.FileMode) string { return s.mkdir(t, name, mode) }
 	libDir := mkdir("lib", 0o755)
 	if out, err := exec.Command("cp", "-a", closure+"/.", libDir).CombinedOutput(); err != nil {
 		t.Fatalf("copy closure: %v\n%s", err, out)
@@ -368,19 +379,31 @@ func runRow(t *testing.T, bin, closure string, r row) {
 	res := serve(t, r, s, server, cli, true)
 	res.toolsNote = toolsNote
 	record(res)
+
+	// Fork safety: BGSAVEs under a write load, every dump exact.
+	t.Run("fork", func(t *testing.T) { forkRow(t, r, s, &plain, server) })
 }
 
-// serve starts the row's server through its entrypoint under s's env,
-// checks PING with the row's own cli, optionally drives the SET load and
-// measures placement, then SHUTDOWN NOSAVE must make it exit 0.
-func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res result) {
-	res.row = r.name
+// running is a server started through the row's entrypoint.
+type running struct {
+	cmd     *exec.Cmd
+	port    int
+	log     proc.LockedBuffer
+	exited  chan struct{}
+	waitErr error // valid once exited is closed
+}
+
+// start starts the row's server through its entrypoint under s's env, on
+// 127.0.0.1 only, with --dir dirIn (as the process sees it) and extra
+// args, and waits (30 s at most) until it answers PING. The caller stops it.
+func start(ctx context.Context, t *testing.T, r row, s *sandbox, server, dirIn string, extra ...string) (*running, error) {
+	t.Helper()
 	port, err := proc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", s.workIn,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""}
+	args := append([]string{server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dirIn,
+		"--daemonize", "no", "--logfile", ""}, extra...)
 	if r.gosu {
 		args = append([]string{"gosu", "999:999"}, args...)
 	}
@@ -388,32 +411,52 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 		// An entrypoint script's last line: exec, so the server keeps the pid.
 		args = append([]string{r.shell, "-c", `exec "$@"`, "entrypoint"}, args...)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := s.command(ctx, args...)
-	var log proc.LockedBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
+	p := &running{port: port, exited: make(chan struct{})}
+	p.cmd = s.command(ctx, args...)
+	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
+	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %q: %v", args, err)
 	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() { waitErr = cmd.Wait(); close(exited) }()
-	defer func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
-	if err := waitReady(port, exited, 30*time.Second); err != nil {
+	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
+	if err := waitReady(port, p.exited, 30*time.Second); err != nil {
+		p.stop()
+		return p, err
+	}
+	return p, nil
+}
+
+func (p *running) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop kills the server if it still runs and waits for it.
+func (p *running) stop() {
+	if p.alive() {
+		_ = p.cmd.Process.Kill()
+	}
+	<-p.exited
+}
+
+// serve starts the row's server through its entrypoint under s's env,
+// checks PING with the row's own cli, optionally drives the SET load and
+// measures placement, then SHUTDOWN NOSAVE must make it exit 0.
+func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res result) {
+	res.row = r.name
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, err := start(ctx, t, r, s, server, s.workIn, "--save", "", "--appendonly", "no")
+	defer p.stop()
+	if err != nil {
 		res.shutdownNote = "did not start"
-		_ = cmd.Process.Kill()
-		<-exited
-		t.Errorf("%s: %v (exit: %v); output:\n%s", r.name, err, waitErr, log.String())
+		t.Errorf("%s: %v (exit: %v); output:\n%s", r.name, err, p.waitErr, p.log.String())
 		return res
 	}
+	port, cmd, log := p.port, p.cmd, &p.log
 	cliCmd := func(args ...string) (string, error) {
 		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -426,7 +469,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 	}
 
 	if !load {
-		return res.shutdown(t, r, cliCmd, exited, &waitErr, &log)
+		return res.shutdown(t, r, cliCmd, p)
 	}
 
 	// The load: from this machine's redis-benchmark, a client outside the
@@ -477,21 +520,21 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 		}
 	}
 
-	return res.shutdown(t, r, cliCmd, exited, &waitErr, &log)
+	return res.shutdown(t, r, cliCmd, p)
 }
 
 // shutdown sends SHUTDOWN NOSAVE with the row's cli: the server must exit 0.
-func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), exited <-chan struct{}, waitErr *error, log *proc.LockedBuffer) result {
+func (res result) shutdown(t *testing.T, r row, cliCmd func(...string) (string, error), p *running) result {
 	t.Helper()
 	out, err := cliCmd("SHUTDOWN", "NOSAVE")
 	if err != nil {
 		t.Errorf("%s SHUTDOWN NOSAVE: %v, output %q", r.cli, err, out)
 	}
 	select {
-	case <-exited:
-		if *waitErr != nil {
-			res.shutdownNote = "exit: " + (*waitErr).Error()
-			t.Errorf("%s after SHUTDOWN NOSAVE: %v; output:\n%s", r.server, *waitErr, log.String())
+	case <-p.exited:
+		if p.waitErr != nil {
+			res.shutdownNote = "exit: " + p.waitErr.Error()
+			t.Errorf("%s after SHUTDOWN NOSAVE: %v; output:\n%s", r.server, p.waitErr, p.log.String())
 		} else {
 			res.shutdownNote = "exit 0"
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pmem-webhook/pmem-webhook/test/redischeck"
 )
 
 // Fork-cost benchmark (issue 12): a ~256 MiB heap, a SET load from Go
@@ -205,7 +207,7 @@ func runForkBench(t *testing.T, m benchMode, pmemDir string) forkResult {
 	s := startRedis(t, m.env, append([]string{"redis-server"}, args...)...)
 	c := s.waitReady(t, port)
 	defer func() { c.Close(); s.Stop() }()
-	load(t, c, fbKeys, fbSize)
+	redischeck.Load(t, c, fbKeys, fbSize)
 	pid := s.Cmd.Process.Pid
 
 	l := startLatencyLoad(t, port)
@@ -216,10 +218,10 @@ func runForkBench(t *testing.T, m benchMode, pmemDir string) forkResult {
 	if err != nil {
 		t.Fatalf("%s BGSAVE: %v\n%s", m.name, err, tail(s.Log.String()))
 	}
-	if e, ok := r.(redisError); ok {
+	if e, ok := r.(redischeck.Error); ok {
 		t.Fatalf("%s BGSAVE: %v\n%s", m.name, e, tail(s.Log.String()))
 	}
-	if err := waitSaved(c, time.Now().Add(fbSaveMax)); err != nil {
+	if err := redischeck.WaitSaved(c, time.Now().Add(fbSaveMax)); err != nil {
 		t.Fatalf("%s BGSAVE: %v\n%s", m.name, err, tail(s.Log.String()))
 	}
 	t1 := time.Now()
@@ -246,11 +248,11 @@ func runForkBench(t *testing.T, m benchMode, pmemDir string) forkResult {
 	if !s.Alive() {
 		t.Fatalf("%s server died: %v\n%s", m.name, s.err, tail(s.Log.String()))
 	}
-	info, err := c.info("persistence")
+	info, err := c.Info("persistence")
 	if err != nil {
 		t.Fatal(err)
 	}
-	stats, err := c.info("stats")
+	stats, err := c.Info("stats")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +293,7 @@ func startLatencyLoad(t *testing.T, port int) *latencyLoad {
 	l := &latencyLoad{stop: make(chan struct{})}
 	val := strings.Repeat("v", fbSize)
 	for i := 0; i < fbClients; i++ {
-		c, err := dial(port)
+		c, err := redischeck.Dial(port)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -310,7 +312,7 @@ func startLatencyLoad(t *testing.T, port int) *latencyLoad {
 				default:
 				}
 				st := time.Now()
-				r, err := c.Do("SET", keyName(rng.Intn(fbKeys)), val)
+				r, err := c.Do("SET", redischeck.KeyName(rng.Intn(fbKeys)), val)
 				d := time.Since(st)
 				if err == nil && r != "OK" {
 					err = fmt.Errorf("SET: reply %v", r)

@@ -32,6 +32,7 @@ import (
 	"github.com/pmem-webhook/pmem-webhook/preload"
 	"github.com/pmem-webhook/pmem-webhook/test/gate"
 	"github.com/pmem-webhook/pmem-webhook/test/proc"
+	"github.com/pmem-webhook/pmem-webhook/test/redischeck"
 	"github.com/pmem-webhook/pmem-webhook/test/smaps"
 )
 
@@ -293,7 +294,7 @@ func redisArgs(t *testing.T, extra ...string) (port int, dir string, args []stri
 	return port, dir, args
 }
 
-func (s *server) waitReady(t *testing.T, port int) *client {
+func (s *server) waitReady(t *testing.T, port int) *redischeck.Client {
 	t.Helper()
 	s.Port = port
 	deadline := time.Now().Add(30 * time.Second)
@@ -303,7 +304,7 @@ func (s *server) waitReady(t *testing.T, port int) *client {
 			t.Fatalf("redis-server exited (%v) before answering; output:\n%s", s.err, s.Log.String())
 		default:
 		}
-		c, err := dial(port)
+		c, err := redischeck.Dial(port)
 		if err == nil {
 			r, err := c.Do("PING")
 			if err == nil && r == "PONG" {

@@ -2,150 +2,21 @@ package node
 
 import (
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/preload"
+	"github.com/pmem-webhook/pmem-webhook/test/redischeck"
 )
 
 const mib = 1 << 20
-
-// value is a self-describing value: it names its key and version, is filled
-// with a pattern derived from both, and ends with a CRC of the rest. A torn,
-// stale-pointer or cross-key value cannot pass checkValue.
-func value(key string, ver, size int) string {
-	prefix := fmt.Sprintf("k=%s;v=%d;", key, ver)
-	unit := fmt.Sprintf("%s/%d|", key, ver)
-	n := size - len(prefix) - len(";crc=00000000")
-	if n < 0 {
-		n = 0
-	}
-	var b strings.Builder
-	b.Grow(size)
-	b.WriteString(prefix)
-	for b.Len() < len(prefix)+n {
-		rest := len(prefix) + n - b.Len()
-		if rest >= len(unit) {
-			b.WriteString(unit)
-		} else {
-			b.WriteString(unit[:rest])
-		}
-	}
-	body := b.String()
-	return body + fmt.Sprintf(";crc=%08x", crc32.ChecksumIEEE([]byte(body)))
-}
-
-// checkValue returns the version encoded in v, or an error if v is not
-// exactly what value(key, version, len(v)) produces.
-func checkValue(key, v string) (int, error) {
-	prefix := "k=" + key + ";v="
-	if !strings.HasPrefix(v, prefix) {
-		return 0, fmt.Errorf("key %s: value does not name it: %.40q", key, v)
-	}
-	rest := v[len(prefix):]
-	semi := strings.IndexByte(rest, ';')
-	if semi < 0 {
-		return 0, fmt.Errorf("key %s: no version: %.40q", key, v)
-	}
-	ver, err := strconv.Atoi(rest[:semi])
-	if err != nil {
-		return 0, fmt.Errorf("key %s: bad version: %.40q", key, v)
-	}
-	if want := value(key, ver, len(v)); v != want {
-		return 0, fmt.Errorf("key %s: value for version %d is corrupt (len %d)", key, ver, len(v))
-	}
-	return ver, nil
-}
-
-func keyName(i int) string { return fmt.Sprintf("key:%06d", i) }
-
-// load writes n keys of size bytes at version 0, pipelined.
-func load(t *testing.T, c *client, n, size int) {
-	t.Helper()
-	const batch = 200
-	for i := 0; i < n; i += batch {
-		end := min(i+batch, n)
-		for k := i; k < end; k++ {
-			c.Send("SET", keyName(k), value(keyName(k), 0, size))
-		}
-		if err := c.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		for k := i; k < end; k++ {
-			r, err := c.Receive()
-			if err != nil || r != "OK" {
-				t.Fatalf("SET %s: %v %v", keyName(k), r, err)
-			}
-		}
-	}
-}
-
-// readAll reads keys 0..n-1 with MGET and checks every value; it returns
-// the versions (-1 for a missing key).
-func readAll(c *client, n int) ([]int, error) {
-	vers := make([]int, n)
-	const batch = 500
-	for i := 0; i < n; i += batch {
-		end := min(i+batch, n)
-		args := []string{"MGET"}
-		for k := i; k < end; k++ {
-			args = append(args, keyName(k))
-		}
-		r, err := c.Do(args...)
-		if err != nil {
-			return nil, err
-		}
-		arr, ok := r.([]any)
-		if !ok || len(arr) != end-i {
-			return nil, fmt.Errorf("MGET: reply %T", r)
-		}
-		for k, v := range arr {
-			if v == nil {
-				vers[i+k] = -1
-				continue
-			}
-			s, ok := v.(string)
-			if !ok {
-				return nil, fmt.Errorf("MGET %s: reply %T", keyName(i+k), v)
-			}
-			ver, err := checkValue(keyName(i+k), s)
-			if err != nil {
-				return nil, err
-			}
-			vers[i+k] = ver
-		}
-	}
-	return vers, nil
-}
-
-func TestValueSelfCheck(t *testing.T) {
-	v := value("key:000001", 7, 300)
-	if len(v) != 300 {
-		t.Fatalf("len %d", len(v))
-	}
-	if ver, err := checkValue("key:000001", v); err != nil || ver != 7 {
-		t.Fatalf("checkValue: %d %v", ver, err)
-	}
-	for name, bad := range map[string]string{
-		"other key":   value("key:000002", 7, 300),
-		"flipped bit": v[:100] + "X" + v[101:],
-		"torn":        v[:150] + value("key:000001", 8, 300)[150:],
-		"truncated":   v[:299],
-	} {
-		if _, err := checkValue("key:000001", bad); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-}
 
 // 1. The heap is on the PMEM dir: after >= 100 MB of 10 KiB values, at least
 // 90% of redis-server's resident heap (file-backed Rss of mappings under the
@@ -159,7 +30,7 @@ func TestHeapOnPMEM(t *testing.T) {
 	defer c.Close()
 
 	const keys, size = 11000, 10 * 1024 // 110 MB of values
-	load(t, c, keys, size)
+	redischeck.Load(t, c, keys, size)
 	pid := s.Cmd.Process.Pid
 	onPMEM, anon, files := heapSplit(t, pid, p.PMEMDir)
 	pct := 100 * float64(onPMEM) / float64(onPMEM+anon)
@@ -195,7 +66,7 @@ func TestHeapOnPMEM(t *testing.T) {
 	if _, paths := mappedRSS(t, pid, filepath.Join(p.LibDir, preload.FileName)); len(paths) == 0 {
 		t.Errorf("the preload is not mapped from the installed closure %s", p.LibDir)
 	}
-	if vers, err := readAll(c, keys); err != nil {
+	if vers, err := redischeck.ReadAll(c, keys); err != nil {
 		t.Fatal(err)
 	} else if vers[keys-1] != 0 {
 		t.Fatalf("last key version %d", vers[keys-1])
@@ -224,7 +95,7 @@ func TestEntrypointShell(t *testing.T) {
 	if !strings.HasPrefix(s.Log.String(), "1\n") {
 		t.Errorf("grep under the preload did not print its count; output starts %.200q", s.Log.String())
 	}
-	load(t, c, 1000, 4096)
+	redischeck.Load(t, c, 1000, 4096)
 	if n, _ := mappedRSS(t, s.Cmd.Process.Pid, p.PMEMDir); n < 2*1024 {
 		t.Errorf("redis-server exec'd from sh has only %d kB on PMEM", n)
 	}
@@ -257,86 +128,6 @@ func quoteAll(args []string) []string {
 	return out
 }
 
-// writer is the bounded write load: SETs of self-describing values with
-// increasing versions, pipelined, until stopped, maxOps or its deadline.
-type writer struct {
-	mu       sync.Mutex
-	sent     []int // highest version sent per key
-	ok, errs int
-	errKinds map[string]int
-	stop     chan struct{}
-	done     chan error
-}
-
-func startWriter(t *testing.T, port, keys, size, maxOps int, limit time.Duration) *writer {
-	t.Helper()
-	c, err := dial(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &writer{sent: make([]int, keys), errKinds: map[string]int{}, stop: make(chan struct{}), done: make(chan error, 1)}
-	go func() {
-		defer c.Close()
-		deadline := time.Now().Add(limit)
-		const batch = 20
-		for op := 0; op < maxOps && time.Now().Before(deadline); op += batch {
-			select {
-			case <-w.stop:
-				w.done <- nil
-				return
-			default:
-			}
-			w.mu.Lock()
-			for b := 0; b < batch; b++ {
-				k := (op + b) % keys
-				w.sent[k]++
-				c.Send("SET", keyName(k), value(keyName(k), w.sent[k], size))
-			}
-			w.mu.Unlock()
-			if err := c.Flush(); err != nil {
-				w.done <- err
-				return
-			}
-			for b := 0; b < batch; b++ {
-				r, err := c.Receive()
-				if err != nil {
-					w.done <- err
-					return
-				}
-				w.mu.Lock()
-				if e, ok := r.(redisError); ok {
-					w.errs++
-					w.errKinds[strings.Fields(string(e))[0]]++
-				} else {
-					w.ok++
-				}
-				w.mu.Unlock()
-			}
-		}
-		w.done <- nil
-	}()
-	return w
-}
-
-func (w *writer) Stop(t *testing.T) {
-	t.Helper()
-	close(w.stop)
-	select {
-	case err := <-w.done:
-		if err != nil {
-			t.Errorf("write load: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Error("write load did not stop in 30s")
-	}
-}
-
-func (w *writer) snapshot() []int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]int(nil), w.sent...)
-}
-
 const (
 	forkKeys  = 4000
 	forkSize  = 4096
@@ -357,7 +148,7 @@ func TestForkSafetyFSDAX(t *testing.T) {
 		shareBefore = 100 * float64(onPMEM) / float64(onPMEM+anon)
 	})
 	pid := s.Cmd.Process.Pid
-	c, err := dial(s.Port)
+	c, err := redischeck.Dial(s.Port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +160,7 @@ func TestForkSafetyFSDAX(t *testing.T) {
 	// frees pages. Bounded: 40 rounds.
 	var st map[string]string
 	for i := 0; i < 40; i++ {
-		load(t, c, forkKeys, forkSize)
+		redischeck.Load(t, c, forkKeys, forkSize)
 		if st = statusFile(t, p.PMEMDir, pid); st["heap_shared"] == "1" {
 			break
 		}
@@ -390,7 +181,7 @@ func TestForkSafetyFSDAX(t *testing.T) {
 	if st["heap_shared"] != "1" {
 		t.Errorf("status heap_shared=%q after the children exited, want 1", st["heap_shared"])
 	}
-	if vers, err := readAll(c, forkKeys); err != nil {
+	if vers, err := redischeck.ReadAll(c, forkKeys); err != nil {
 		t.Fatalf("reads after the write-back: %v", err)
 	} else {
 		for k, v := range vers {
@@ -442,13 +233,13 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 	if !strings.Contains(s.Log.String(), wantLog) {
 		t.Fatalf("the preload did not log %q:\n%s", wantLog, tail(s.Log.String()))
 	}
-	load(t, c, forkKeys, forkSize)
+	redischeck.Load(t, c, forkKeys, forkSize)
 	if beforeSaves != nil {
 		beforeSaves(s.Cmd.Process.Pid)
 	}
 
 	snaps := t.TempDir()
-	w := startWriter(t, port, forkKeys, forkSize, writerCap, 5*time.Minute)
+	w := redischeck.StartWriter(t, port, forkKeys, forkSize, writerCap, 5*time.Minute)
 	var dumps []string
 	var sentAt [][]int
 	deadline := time.Now().Add(5 * time.Minute)
@@ -457,14 +248,14 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 		if err != nil {
 			t.Fatalf("BGSAVE: %v (alive %v)\n%s", err, s.Alive(), tail(s.Log.String()))
 		}
-		if e, ok := r.(redisError); ok {
+		if e, ok := r.(redischeck.Error); ok {
 			if strings.Contains(string(e), "in progress") { // an automatic save
 				time.Sleep(50 * time.Millisecond)
 				continue
 			}
 			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), e, tail(s.Log.String()))
 		}
-		if err := waitSaved(c, deadline); err != nil {
+		if err := redischeck.WaitSaved(c, deadline); err != nil {
 			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), err, tail(s.Log.String()))
 		}
 		dst := filepath.Join(snaps, fmt.Sprintf("dump-%02d.rdb", len(dumps)))
@@ -472,7 +263,7 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 			t.Fatal(err)
 		}
 		dumps = append(dumps, dst)
-		sentAt = append(sentAt, w.snapshot())
+		sentAt = append(sentAt, w.Snapshot())
 	}
 	w.Stop(t)
 	if !s.Alive() {
@@ -481,11 +272,11 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 	if len(dumps) < bgsaves {
 		t.Fatalf("%d dumps in 5 minutes, want %d", len(dumps), bgsaves)
 	}
-	vers, err := readAll(c, forkKeys)
+	vers, err := redischeck.ReadAll(c, forkKeys)
 	if err != nil {
 		t.Fatalf("parent's reads after the saves: %v", err)
 	}
-	sent := w.snapshot()
+	sent := w.Snapshot()
 	for k, v := range vers {
 		if v != sent[k] {
 			t.Fatalf("parent: key %d has version %d, last sent %d", k, v, sent[k])
@@ -509,32 +300,14 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 		}
 		prev = vers
 	}
-	stats, _ := c.info("stats")
+	stats, _ := c.Info("stats")
 	t.Logf("%d BGSAVEs, %d dumps written and loaded into a plain DRAM redis-server, %d keys each well-formed; "+
 		"%d key versions advanced between dumps; writes during the saves: %d ok, %d errors %v; parent holds every last version; latest_fork_usec %s",
-		len(dumps), len(dumps), forkKeys, changed, w.ok, w.errs, w.errKinds, stats["latest_fork_usec"])
+		len(dumps), len(dumps), forkKeys, changed, w.OK, w.Errs, w.ErrKinds, stats["latest_fork_usec"])
 	if changed == 0 {
 		t.Error("no value changed between dumps: the write load did not overlap the saves")
 	}
 	return s, len(dumps)
-}
-
-// waitSaved polls until no BGSAVE is running and the last one succeeded.
-func waitSaved(c *client, deadline time.Time) error {
-	for time.Now().Before(deadline) {
-		info, err := c.info("persistence")
-		if err != nil {
-			return err
-		}
-		if info["rdb_bgsave_in_progress"] == "0" {
-			if st := info["rdb_last_bgsave_status"]; st != "ok" {
-				return fmt.Errorf("rdb_last_bgsave_status %s", st)
-			}
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return fmt.Errorf("BGSAVE still in progress at the deadline")
 }
 
 // loadDump starts a plain redis-server (no preload: DRAM) on a copy of the
@@ -551,7 +324,7 @@ func loadDump(t *testing.T, dump string) []int {
 	if n, err := c.Do("DBSIZE"); err != nil || n != int64(forkKeys) {
 		t.Fatalf("%s: DBSIZE %v %v, want %d", dump, n, err, forkKeys)
 	}
-	vers, err := readAll(c, forkKeys)
+	vers, err := redischeck.ReadAll(c, forkKeys)
 	if err != nil {
 		t.Fatalf("%s: %v", dump, err)
 	}
@@ -601,11 +374,11 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
 	c := s.waitReady(t, port)
 	defer c.Close()
-	load(t, c, forkKeys, forkSize)
+	redischeck.Load(t, c, forkKeys, forkSize)
 	deadline := time.Now().Add(3 * time.Minute)
 
 	// AOF rewrite during writes.
-	w := startWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
+	w := redischeck.StartWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
 	time.Sleep(200 * time.Millisecond)
 	// The AOF's first rewrite (at start) may still run: wait for it, then
 	// rewrite during the writes.
@@ -614,7 +387,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e, ok := r.(redisError)
+		e, ok := r.(redischeck.Error)
 		if !ok || strings.Contains(string(e), "scheduled") {
 			break
 		}
@@ -624,7 +397,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for {
-		info, err := c.info("persistence")
+		info, err := c.Info("persistence")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -642,7 +415,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // more writes after the rewrite, into the new incremental AOF
 	w.Stop(t)
 	time.Sleep(1500 * time.Millisecond) // appendfsync everysec
-	master, err := readAll(c, forkKeys)
+	master, err := redischeck.ReadAll(c, forkKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -652,7 +425,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 	}
 	rs := startRedis(t, nil, append([]string{"redis-server"}, rargs...)...)
 	rc := rs.waitReady(t, rport)
-	replay, err := readAll(rc, forkKeys)
+	replay, err := redischeck.ReadAll(rc, forkKeys)
 	rc.Close()
 	rs.Stop()
 	if err != nil {
@@ -663,15 +436,15 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 			t.Fatalf("replayed AOF: key %d version %d, master %d", k, replay[k], master[k])
 		}
 	}
-	t.Logf("BGREWRITEAOF during %d writes: the AOF replays to the master's %d values", w.ok, forkKeys)
+	t.Logf("BGREWRITEAOF during %d writes: the AOF replays to the master's %d values", w.OK, forkKeys)
 
 	// Replicas: disk-based, then diskless; two attach at once each time.
 	for _, diskless := range []string{"no", "yes"} {
 		if _, err := c.Do("CONFIG", "SET", "repl-diskless-sync", diskless); err != nil {
 			t.Fatal(err)
 		}
-		w := startWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
-		var reps []*client
+		w := redischeck.StartWriter(t, port, forkKeys, forkSize, writerCap, 2*time.Minute)
+		var reps []*redischeck.Client
 		for i := 0; i < 2; i++ {
 			rport, _, rargs := redisArgs(t, "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", strconv.Itoa(port))
 			rs := startRedis(t, nil, append([]string{"redis-server"}, rargs...)...)
@@ -681,7 +454,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 		}
 		for _, rc := range reps {
 			for {
-				info, err := rc.info("replication")
+				info, err := rc.Info("replication")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -695,18 +468,18 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 			}
 		}
 		w.Stop(t)
-		info, err := c.info("replication")
+		info, err := c.Info("replication")
 		if err != nil {
 			t.Fatal(err)
 		}
 		off := info["master_repl_offset"]
-		master, err := readAll(c, forkKeys)
+		master, err := redischeck.ReadAll(c, forkKeys)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, rc := range reps {
 			for {
-				ri, err := rc.info("replication")
+				ri, err := rc.Info("replication")
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -718,7 +491,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
-			got, err := readAll(rc, forkKeys)
+			got, err := redischeck.ReadAll(rc, forkKeys)
 			if err != nil {
 				t.Fatalf("diskless=%s replica %d: %v", diskless, i, err)
 			}
@@ -728,7 +501,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 				}
 			}
 		}
-		t.Logf("repl-diskless-sync %s: 2 replicas attached together during %d writes, both hold the master's %d values", diskless, w.ok, forkKeys)
+		t.Logf("repl-diskless-sync %s: 2 replicas attached together during %d writes, both hold the master's %d values", diskless, w.OK, forkKeys)
 	}
 	if !s.Alive() {
 		t.Fatalf("master died: %v\n%s", s.err, tail(s.Log.String()))

@@ -1,4 +1,9 @@
-package node
+// Package redischeck is what the Redis test tiers (test/node, test/matrix)
+// share to drive a real redis-server and check its data: a minimal RESP2
+// client, self-describing values (a value names its key and version and
+// carries a CRC, so a torn, stale or cross-key value is caught), pipelined
+// loads and reads, a bounded write load, and waiting for a BGSAVE.
+package redischeck
 
 import (
 	"bufio"
@@ -11,40 +16,42 @@ import (
 	"time"
 )
 
-// client is a minimal RESP2 client: enough for SET/GET/MGET/BGSAVE/INFO,
+// Client is a minimal RESP2 client: enough for SET/GET/MGET/MULTI/BGSAVE/INFO,
 // with pipelining. The tests need nothing more, and no new dependency.
-type client struct {
+type Client struct {
 	conn net.Conn
 	r    *bufio.Reader
 	w    *bufio.Writer
 }
 
-// redisError is an error reply ("-ERR ...").
-type redisError string
+// Error is an error reply ("-ERR ...").
+type Error string
 
-func (e redisError) Error() string { return string(e) }
+func (e Error) Error() string { return string(e) }
 
-func dial(port int) (*client, error) {
+// Dial connects to 127.0.0.1:port.
+func Dial(port int) (*Client, error) {
 	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	return &client{conn: conn, r: bufio.NewReaderSize(conn, 1<<20), w: bufio.NewWriterSize(conn, 1<<20)}, nil
+	return &Client{conn: conn, r: bufio.NewReaderSize(conn, 1<<20), w: bufio.NewWriterSize(conn, 1<<20)}, nil
 }
 
-func (c *client) Close() error { return c.conn.Close() }
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
 
 // Send buffers one command.
-func (c *client) Send(args ...string) {
+func (c *Client) Send(args ...string) {
 	fmt.Fprintf(c.w, "*%d\r\n", len(args))
 	for _, a := range args {
 		fmt.Fprintf(c.w, "$%d\r\n%s\r\n", len(a), a)
 	}
 }
 
-// Receive reads one reply: string, int64, nil, []any or redisError (as the
+// Receive reads one reply: string, int64, nil, []any or Error (as the
 // value, not as err: err is for I/O and protocol failures).
-func (c *client) Receive() (any, error) {
+func (c *Client) Receive() (any, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
 	line, err := c.r.ReadString('\n')
 	if err != nil {
@@ -58,7 +65,7 @@ func (c *client) Receive() (any, error) {
 	case '+':
 		return line[1:], nil
 	case '-':
-		return redisError(line[1:]), nil
+		return Error(line[1:]), nil
 	case ':':
 		return strconv.ParseInt(line[1:], 10, 64)
 	case '$':
@@ -94,7 +101,7 @@ func (c *client) Receive() (any, error) {
 }
 
 // Do sends one command and returns its reply.
-func (c *client) Do(args ...string) (any, error) {
+func (c *Client) Do(args ...string) (any, error) {
 	c.Send(args...)
 	if err := c.w.Flush(); err != nil {
 		return nil, err
@@ -103,10 +110,10 @@ func (c *client) Do(args ...string) (any, error) {
 }
 
 // Flush writes buffered commands.
-func (c *client) Flush() error { return c.w.Flush() }
+func (c *Client) Flush() error { return c.w.Flush() }
 
-// info returns the fields of INFO section.
-func (c *client) info(section string) (map[string]string, error) {
+// Info returns the fields of INFO section.
+func (c *Client) Info(section string) (map[string]string, error) {
 	r, err := c.Do("INFO", section)
 	if err != nil {
 		return nil, err
