@@ -479,3 +479,16 @@ func TestWriteBack(t *testing.T) {
 		})
 	}
 }
+
+// TestLastPauses: the status record's pause fields, as written now (a
+// longest pause and a count) and before the pauses were chunked (one pause).
+func TestLastPauses(t *testing.T) {
+	st := ParseStatus("restores=2   \nrestore_last_us=precopy:5,stop:30,write:900,remap:70,pause:1000,longest:400,gaps:1100,after:9\nrestore_last_pauses=3\n    ")
+	if p := LastPauses(st); p.LongestUS != 400 || p.TotalUS != 1000 || p.Count != 3 || p.Phases["gaps"] != 1100 || st["restores"] != "2" {
+		t.Errorf("chunked record: %+v, restores %q", p, st["restores"])
+	}
+	st = ParseStatus("restore_last_us=precopy:5,stop:30,write:900,remap:70,pause:1000,after:9\n")
+	if p := LastPauses(st); p.LongestUS != 1000 || p.TotalUS != 1000 || p.Count != 1 {
+		t.Errorf("record with one pause: %+v", p)
+	}
+}
