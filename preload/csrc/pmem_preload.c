@@ -855,15 +855,17 @@ static void remap_private(void)
 //    round and write-protect them (PAGEMAP_SCAN + userfaultfd, asynchronous
 //    write-protect: the kernel only records writes), pwrite them" until few
 //    are left (try_restore, precopy);
-// 2. the pause: the other threads wait in a signal handler (real-time
-//    signal 62, futex wait; bounded, retried later on timeout); the pages
-//    written since the last round are written; each private mapping is moved
-//    out of the heap (mremap) and the heap file mapped MAP_SHARED in its
-//    place; the threads resume;
-// 3. after the pause: the moved private copies are freed, deferred frees
-//    punched.
+// 2. short pauses, in address order (see "chunked pauses"): the other
+//    threads wait in a signal handler (real-time signal 62, futex wait;
+//    bounded, retried later on timeout); the pages written since the last
+//    round are written from where the last pause stopped until the pause's
+//    budget is used; each private mapping of that chunk is moved out of
+//    the heap (mremap) and the heap file mapped MAP_SHARED in its place;
+//    the threads resume and run for a while; the next chunk;
+// 3. after the last pause: the moved private copies are freed, deferred
+//    frees punched.
 // Without userfaultfd or PAGEMAP_SCAN (seccomp, kernels before 6.7) step 1
-// is skipped and step 2 writes every private page. Nothing here allocates:
+// is skipped and the pauses write every private page. Nothing here allocates:
 // buffers are static, one thread restores at a time (st.restoring).
 
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
