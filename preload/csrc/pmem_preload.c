@@ -1530,6 +1530,14 @@ static void try_restore(void)
 		long t0 = now_us();
 		int n = pause_others();
 		if (n < 0) {
+			// The threads that did stop were stopped this long: it
+			// counts as a pause (restore_max_ms).
+			long tf = now_us();
+			st.pauses++;
+			st.ph_stop += (unsigned long)(tf - t0);
+			st.ph_pause += (unsigned long)(tf - t0);
+			if ((unsigned long)(tf - t0) > st.ph_longest)
+				st.ph_longest = st.ph_longest_stop = (unsigned long)(tf - t0);
 			timeout = 1;
 			break;
 		}
