@@ -289,6 +289,8 @@ static struct {
 	size_t nwords;    // words of bits ever used: the restore's bitmap scans stop here
 	unsigned dram_ratio, pmem_ratio;
 	int lock;
+	unsigned long lock_waits;      // futex waits for the lock, ever
+	unsigned long lock_waits_last; // ... during the last write-back's pauses and gaps
 	// counters (under lock)
 	size_t mapped, dram_bytes, fallback_bytes, fallback_calls, last_written;
 	unsigned long forks;
@@ -361,8 +363,10 @@ static void lock(void)
 	}
 	// 2: the holder must wake someone at unlock. Each wait is bounded
 	// (50 ms) and followed by another try, so a lost wake-up only costs time.
-	while (__atomic_exchange_n(&st.lock, 2, __ATOMIC_ACQUIRE) != 0)
+	while (__atomic_exchange_n(&st.lock, 2, __ATOMIC_ACQUIRE) != 0) {
+		__atomic_add_fetch(&st.lock_waits, 1, __ATOMIC_RELAXED);
 		futex_wait(&st.lock, 2, 50000000);
+	}
 }
 static void unlock(void)
 {
@@ -456,6 +460,8 @@ static void write_status(void)
 	bu(&b, st.pauses);
 	bs(&b, "\nrestore_last_stops_given_up=");
 	bu(&b, st.stop_retries);
+	bs(&b, "\nrestore_last_lock_waits=");
+	bu(&b, st.lock_waits_last);
 	bs(&b, "\nrestore_moves=");
 	bu(&b, st.moves);
 	bs(&b, ",");
@@ -1530,6 +1536,7 @@ static void try_restore(void)
 	span(&lo, &hi);
 	st.ph_stop = st.ph_write = st.ph_remap = st.ph_pause = st.ph_longest = st.ph_longest_stop = st.ph_gaps = st.pauses = st.stop_retries = 0;
 	int ok = 1, timeout = 0, soft = 0;
+	unsigned long w0 = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED);
 	size_t a = lo;
 	long ts = now_us(), t3 = ts;
 	for (int k = 0; a < hi && k < (1 << 24); k++) {
@@ -1601,6 +1608,7 @@ static void try_restore(void)
 			st.ph_gaps += (unsigned long)(now_us() - tg);
 		}
 	}
+	st.lock_waits_last = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED) - w0;
 	if (!ok || timeout) {
 		// [lo, a) is shared, the rest private: not a state a fork may see
 		// (fork_prepare remaps nothing while st.privat is set). Map the

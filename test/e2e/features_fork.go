@@ -221,7 +221,8 @@ func statusRecord(ctx context.Context, t *testing.T, cfg *rest.Config, pod *core
 func formatRecord(r map[string]string) string {
 	var b strings.Builder
 	for _, k := range []string{"forks", "restores", "restore_retries", "children_sharing", "restore_max_ms", "restore_last_us",
-		"restore_last_pauses", "restore_last_stops_given_up", "restore_moves", "restore_last_precopy_rounds", "restore_last_bytes_precopy", "restore_last_bytes_pause", "heap_shared",
+		"restore_last_pauses", "restore_last_stops_given_up", "restore_last_lock_waits",
+		"restore_moves", "restore_last_precopy_rounds", "restore_last_bytes_precopy", "restore_last_bytes_pause", "heap_shared",
 		"bytes_mapped_pmem", "bytes_resident_pmem", "bytes_fallback_dram"} {
 		fmt.Fprintf(&b, "    %s=%s\n", k, r[k])
 	}

@@ -50,6 +50,7 @@ type writeBack struct {
 	pauses      int                // restore_last_pauses
 	longestMs   float64            // the longest single pause
 	totalMs     float64            // all pauses together
+	lockWaits   string             // restore_last_lock_waits: threads' futex waits for the preload's lock meanwhile
 	rounds      int                // restore_last_precopy_rounds
 	precopyMiB  float64            // restore_last_bytes_precopy: written with the threads running
 	inPauseMiB  float64            // restore_last_bytes_pause: written in the pause
@@ -64,6 +65,7 @@ func parseWriteBack(st map[string]string) writeBack {
 		wb.phases[k] = float64(us) / 1000
 	}
 	wb.pauses, wb.longestMs, wb.totalMs = ps.Count, float64(ps.LongestUS)/1000, float64(ps.TotalUS)/1000
+	wb.lockWaits = st["restore_last_lock_waits"]
 	wb.rounds, _ = strconv.Atoi(st["restore_last_precopy_rounds"])
 	b, _ := strconv.ParseFloat(st["restore_last_bytes_precopy"], 64)
 	wb.precopyMiB = b / (1 << 20)
@@ -168,8 +170,8 @@ func TestBenchFork(t *testing.T) {
 	fmt.Fprintf(&b, "target fork stall <= 3x DRAM: FS_DAX %.2fx -> %s\n", fsFork/dram, metOrMissed(dram > 0 && fsFork <= 3*dram))
 	fmt.Fprintln(&b, "write-back per run: pre-copy with the threads running, then pauses (threads stopped: stop them, write what changed since, remap shared) with the threads running between them;")
 	fmt.Fprintln(&b, "longest = the longest single pause, ms/GiB = longest per GiB copied, its stop = stopping the threads in it; stop/write/remap summed over the pauses; gaps = the threads ran between pauses")
-	fmt.Fprintf(&b, "%-13s %-4s %-11s %-8s %-7s %-9s %-7s %-8s %-8s %-8s %-8s %-8s %-11s %-7s %-12s %-10s %-12s %s\n", "mode", "run", "copied MiB", "longest", "pauses", "total ms", "ms/GiB",
-		"its stop", "stop ms", "write ms", "remap ms", "gaps ms", "pre-copy ms", "rounds", "pre-copy MiB", "pause MiB", "moved/kept", "target <= 100 ms/GiB")
+	fmt.Fprintf(&b, "%-13s %-4s %-11s %-8s %-7s %-9s %-7s %-8s %-8s %-8s %-8s %-8s %-11s %-7s %-12s %-10s %-12s %-10s %s\n", "mode", "run", "copied MiB", "longest", "pauses", "total ms", "ms/GiB",
+		"its stop", "stop ms", "write ms", "remap ms", "gaps ms", "pre-copy ms", "rounds", "pre-copy MiB", "pause MiB", "moved/kept", "lock waits", "target <= 100 ms/GiB")
 	for _, m := range modes {
 		for i, r := range results[m.name] {
 			if dirs[m.name] == "" {
@@ -179,9 +181,9 @@ func TestBenchFork(t *testing.T) {
 			if r.copiedMiB > 0 {
 				perGiB = r.pauseMs / (r.copiedMiB / 1024)
 			}
-			fmt.Fprintf(&b, "%-13s %-4d %-11.1f %-8.1f %-7d %-9.1f %-7.0f %-8.1f %-8.1f %-8.1f %-8.1f %-8.1f %-11.0f %-7d %-12.1f %-10.1f %-12s %s\n", m.name, i+1, r.copiedMiB, r.pauseMs, r.wb.pauses, r.wb.totalMs, perGiB,
+			fmt.Fprintf(&b, "%-13s %-4d %-11.1f %-8.1f %-7d %-9.1f %-7.0f %-8.1f %-8.1f %-8.1f %-8.1f %-8.1f %-11.0f %-7d %-12.1f %-10.1f %-12s %-10s %s\n", m.name, i+1, r.copiedMiB, r.pauseMs, r.wb.pauses, r.wb.totalMs, perGiB,
 				r.wb.phases["longest_stop"], r.wb.phases["stop"], r.wb.phases["write"], r.wb.phases["remap"], r.wb.phases["gaps"], r.wb.phases["precopy"], r.wb.rounds, r.wb.precopyMiB, r.wb.inPauseMiB,
-				r.wb.moves+"/"+r.wb.left, metOrMissed(r.restores > 0 && r.copiedMiB > 0 && perGiB <= 100))
+				r.wb.moves+"/"+r.wb.left, r.wb.lockWaits, metOrMissed(r.restores > 0 && r.copiedMiB > 0 && perGiB <= 100))
 		}
 	}
 	fmt.Fprintf(&b, "total %s; load average (1, 5, 15 min) before %s, after %s (2 shared cores: timings are noisy)\n",
