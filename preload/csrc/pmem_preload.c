@@ -2161,7 +2161,7 @@ __attribute__((constructor)) static void init(void)
 	st.noprecopy = pc && pc[0] == '0' && !pc[1];
 	// PMEM_PAUSE_BUDGET_US: how long one pause of the write-back may write
 	// before it maps what it wrote shared and lets the threads run (0,
-	// unset or not a number: the default). Tests set 1 to force a chunk
+	// unset, not a number or over 10 s: the default). Tests set 1 to force a chunk
 	// per piece.
 	const char *pb = env(environ, en, "PMEM_PAUSE_BUDGET_US");
 	unsigned long budget = 0;
