@@ -581,8 +581,8 @@ func (in *injection) plan() error {
 				in.warn("container %q: Redis forks to save (RDB, AOF rewrite, replicas); on fsdax, memory written or allocated "+
 					"during a save is on DRAM until written back: size memory limits for it (docs/node.md)", c.Name)
 				if seccompRuntimeDefault(in.pod, c) {
-					in.warn("container %q: seccompProfile RuntimeDefault refuses userfaultfd, so the fsdax write-back after a save writes "+
-						"all copied pages with Redis paused (~0.3-1.2 s/GiB) (docs/node.md)", c.Name)
+					in.warn("container %q: seccompProfile RuntimeDefault refuses userfaultfd: the fsdax write-back after a save "+
+						"writes copied pages with Redis paused, in ~1 ms steps (0.3-3 s/GiB in all) (docs/node.md)", c.Name)
 				}
 			}
 			if daemonizes(c) {

@@ -90,11 +90,46 @@ func ReadStatus(dir string, pid int) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preload status: %w", err)
 	}
+	return ParseStatus(string(b)), nil
+}
+
+// ParseStatus parses a status record (or any key=value lines, as read
+// from a pod) into a map: keys and values trimmed (the file is padded
+// with spaces), lines without "=" skipped.
+func ParseStatus(s string) map[string]string {
 	m := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(s, "\n") {
 		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
-			m[k] = v
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 	}
-	return m, nil
+	return m
+}
+
+// Pauses is the last write-back's pauses from a status record:
+// restore_last_us (µs: longest single stop-the-world pause, and all of
+// them together) and restore_last_pauses (how many; records written
+// before the pauses were chunked have neither "longest" nor the count:
+// their one pause is both).
+type Pauses struct {
+	LongestUS, TotalUS int64
+	Count              int
+	Phases             map[string]int64 // every restore_last_us field, µs
+}
+
+// LastPauses reads Pauses from a parsed status record.
+func LastPauses(st map[string]string) Pauses {
+	p := Pauses{Phases: map[string]int64{}}
+	for _, kv := range strings.Split(st["restore_last_us"], ",") {
+		if k, v, ok := strings.Cut(kv, ":"); ok {
+			p.Phases[k], _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	p.TotalUS = p.Phases["pause"]
+	p.LongestUS, p.Count = p.TotalUS, 1
+	if l, ok := p.Phases["longest"]; ok {
+		p.LongestUS = l
+		p.Count, _ = strconv.Atoi(st["restore_last_pauses"])
+	}
+	return p
 }

@@ -398,16 +398,23 @@ func TestThreadsAndSpawns(t *testing.T) {
 }
 
 // TestWriteBack (issue 12): after a fork, the write-back to the heap file
-// copies pages while the other threads still run (pre-copy) and then, in a
-// short pause, the pages written since. testdata/writeback.c keeps a writer
-// thread rewriting heap pages (stores, and read() into the heap: a write by
-// the kernel) through the whole write-back; afterwards the heap reads from
-// the file, so every page must hold its last version. It also maps memory
+// copies pages while the other threads still run (pre-copy) and then, in
+// short pauses, the pages written since. testdata/writeback.c keeps a
+// writer thread rewriting heap pages (stores, and read() into the heap: a
+// write by the kernel) through the whole write-back; afterwards the heap
+// reads from the file (the program checks that every heap mapping is
+// shared), so every page must hold its last version. It also maps memory
 // while the heap is private: that mapping must end up in the heap file.
 // With the pre-copy the program repeats (<= 8 cycles) until a cycle wrote
 // pages in the pause after a pre-copy round; this asserts it happened.
 // Without it (PMEM_PRECOPY=0, what a seccomp profile that blocks
-// userfaultfd gives) everything is written in the pause.
+// userfaultfd gives) everything is written in the pauses.
+// PMEM_PAUSE_BUDGET_US=1 makes every pause write one piece (<= 256 KiB):
+// many pauses, with the writer running between them, which the status must
+// count. The same forced chunks with a second fork mid-sequence (the fork
+// must wait; the child's heap must be its own) and with a thread that
+// blocks the pause signal mid-sequence (the pause times out: the heap must
+// be all private again, then the write-back finishes) are the last cases.
 func TestWriteBack(t *testing.T) {
 	libDir, _ := setup(t)
 	prog := filepath.Join(t.TempDir(), "writeback")
@@ -415,19 +422,24 @@ func TestWriteBack(t *testing.T) {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
 	for _, tc := range []struct {
-		name, precopy string
-		wantPrecopy   bool
+		name, precopy, budget, mode string
+		wantPrecopy                 bool
 	}{
-		{"precopy", "", true},
-		{"pause only", "0", false},
+		{"precopy", "", "", "plain", true},
+		{"pause only", "0", "", "plain", false},
+		{"precopy forced chunks", "", "1", "plain", true},
+		{"pause only forced chunks", "0", "1", "plain", false},
+		{"fork during chunks", "0", "1", "forkagain", false},
+		{"fork during chunks after precopy", "", "1", "forkagain", true},
+		{"pause timeout during chunks", "0", "1", "blocker", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pmem := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, prog, pmem)
+			cmd := exec.CommandContext(ctx, prog, pmem, tc.mode)
 			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
-				"PMEM_TARGET_PROCESSES=writeback", "PMEM_PRECOPY=" + tc.precopy,
+				"PMEM_TARGET_PROCESSES=writeback", "PMEM_PRECOPY=" + tc.precopy, "PMEM_PAUSE_BUDGET_US=" + tc.budget,
 				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
@@ -440,6 +452,16 @@ func TestWriteBack(t *testing.T) {
 			for _, f := range strings.Fields(string(out))[1:] {
 				k, v, _ := strings.Cut(f, "=")
 				got[k], _ = strconv.Atoi(v)
+			}
+			if tc.mode != "plain" && got["mixed"] == 0 {
+				t.Errorf("in %d cycles the watcher never acted while the heap was part shared, part private: the case under test did not happen", got["cycles"])
+			}
+			// With a budget of 1 µs each pause writes one piece (<= 256 KiB).
+			if want := (got["bytes_pause"] + 256<<10 - 1) / (256 << 10); tc.budget == "1" && got["pauses"] < want {
+				t.Errorf("PMEM_PAUSE_BUDGET_US=1: the last write-back wrote %d bytes in %d pause(s), want at least %d", got["bytes_pause"], got["pauses"], want)
+			}
+			if tc.mode != "plain" {
+				return // a second write-back (after the second child, or the retry) decides the rest
 			}
 			switch {
 			case !tc.wantPrecopy && (got["rounds"] != 0 || got["bytes_precopy"] != 0):
@@ -455,5 +477,18 @@ func TestWriteBack(t *testing.T) {
 				t.Errorf("no page was written between the pre-copy and the pause in %d cycles: the case under test did not happen", got["cycles"])
 			}
 		})
+	}
+}
+
+// TestLastPauses: the status record's pause fields, as written now (a
+// longest pause and a count) and before the pauses were chunked (one pause).
+func TestLastPauses(t *testing.T) {
+	st := ParseStatus("restores=2   \nrestore_last_us=precopy:5,stop:30,write:900,remap:70,pause:1000,longest:400,gaps:1100,after:9\nrestore_last_pauses=3\n    ")
+	if p := LastPauses(st); p.LongestUS != 400 || p.TotalUS != 1000 || p.Count != 3 || p.Phases["gaps"] != 1100 || st["restores"] != "2" {
+		t.Errorf("chunked record: %+v, restores %q", p, st["restores"])
+	}
+	st = ParseStatus("restore_last_us=precopy:5,stop:30,write:900,remap:70,pause:1000,after:9\n")
+	if p := LastPauses(st); p.LongestUS != 1000 || p.TotalUS != 1000 || p.Count != 1 {
+		t.Errorf("record with one pause: %+v", p)
 	}
 }

@@ -291,6 +291,8 @@ static struct {
 	size_t nwords;    // words of bits ever used: the restore's bitmap scans stop here
 	unsigned dram_ratio, pmem_ratio;
 	int lock;
+	unsigned long lock_waits;      // futex waits for the lock, ever
+	unsigned long lock_waits_last; // ... during the last write-back's pauses and gaps
 	// counters (under lock)
 	size_t mapped, dram_bytes, fallback_bytes, fallback_calls, last_written;
 	unsigned long forks;
@@ -303,8 +305,14 @@ static struct {
 	int norestore;   // the heap stays private for good (reason in why)
 	unsigned long restores, restore_fail, calls_since_try, restore_max_ms;
 	// The last write-back, split into phases (µs), to see where a pause goes.
+	// Sums over the pauses of the last write-back (stop + write + remap =
+	// pause), its longest single pause, how many, and the time the threads
+	// ran between them (gaps).
 	unsigned long ph_precopy, ph_stop, ph_write, ph_remap, ph_punch, ph_pause;
+	unsigned long ph_longest, ph_longest_stop, ph_gaps, pauses; // longest_stop: its stop phase
+	unsigned long stop_retries; // pauses given up because stopping the threads took too long
 	unsigned long bytes_pause, bytes_precopy, rounds_precopy;
+	long budget_us;        // a pause writes until this much of it is used (PMEM_PAUSE_BUDGET_US)
 	int restoring;         // one thread is in try_restore (maybe without the lock)
 	int noprecopy;         // PMEM_PRECOPY=0: the whole write-back in the pause
 	unsigned long moves, move_fails; // remap_shared: mremap moved / could not move
@@ -324,13 +332,49 @@ static void cpu_relax(void)
 	__asm__ volatile("yield");
 #endif
 }
+
+// Raw futex calls (async-signal-safe, no allocation). Paused threads, the
+// pausing thread and threads waiting for the lock sleep in them.
+#define FUTEX_WAIT_PRIVATE 128
+#define FUTEX_WAKE_PRIVATE 129
+static void futex_wait(int *w, int v, long ns)
+{
+	long ts[2] = {0, ns};
+	sc6(SYS_futex, (long)w, FUTEX_WAIT_PRIVATE, v, (long)ts, 0, 0);
+}
+static void futex_wake_n(int *w, int n) { sc6(SYS_futex, (long)w, FUTEX_WAKE_PRIVATE, n, 0, 0, 0); }
+static void futex_wake(int *w) { futex_wake_n(w, 0x7fffffff); }
+
+// The lock: a three-state futex mutex (0 free, 1 held, 2 held and maybe
+// waited for; Drepper, "Futexes Are Tricky", mutex 3). It is held for
+// microseconds in the interposed calls, so a waiter spins briefly first;
+// but the write-back holds it across its whole sequence of short pauses
+// and the gaps between them (milliseconds), and a waiter spinning through
+// a gap would take a core from the application threads the gap is for.
 static void lock(void)
 {
-	while (__atomic_exchange_n(&st.lock, 1, __ATOMIC_ACQUIRE))
-		while (__atomic_load_n(&st.lock, __ATOMIC_RELAXED))
-			cpu_relax();
+	int c = 0;
+	if (__atomic_compare_exchange_n(&st.lock, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return;
+	for (int k = 0; k < 200; k++) {
+		cpu_relax();
+		c = 0;
+		if (__atomic_load_n(&st.lock, __ATOMIC_RELAXED) == 0 &&
+		    __atomic_compare_exchange_n(&st.lock, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return;
+	}
+	// 2: the holder must wake someone at unlock. Each wait is bounded
+	// (50 ms) and followed by another try, so a lost wake-up only costs time.
+	while (__atomic_exchange_n(&st.lock, 2, __ATOMIC_ACQUIRE) != 0) {
+		__atomic_add_fetch(&st.lock_waits, 1, __ATOMIC_RELAXED);
+		futex_wait(&st.lock, 2, 50000000);
+	}
 }
-static void unlock(void) { __atomic_store_n(&st.lock, 0, __ATOMIC_RELEASE); }
+static void unlock(void)
+{
+	if (__atomic_exchange_n(&st.lock, 0, __ATOMIC_RELEASE) == 2)
+		futex_wake_n(&st.lock, 1);
+}
 
 static void logline(struct buf *b)
 {
@@ -393,7 +437,9 @@ static void write_status(void)
 	bs(&b, "\nrestore_max_ms=");
 	bu(&b, st.restore_max_ms);
 	// Where the last write-back went (µs): pre-copy with the threads
-	// running, then the pause: stop the threads, write, remap.
+	// running, then the pauses: stop the threads, write, remap, summed
+	// over the pauses (pause: the total paused time), the longest single
+	// pause, the gaps the threads ran between pauses, after the last one.
 	bs(&b, "\nrestore_last_us=precopy:");
 	bu(&b, st.ph_precopy);
 	bs(&b, ",stop:");
@@ -404,8 +450,20 @@ static void write_status(void)
 	bu(&b, st.ph_remap);
 	bs(&b, ",pause:");
 	bu(&b, st.ph_pause);
+	bs(&b, ",longest:");
+	bu(&b, st.ph_longest);
+	bs(&b, ",longest_stop:");
+	bu(&b, st.ph_longest_stop);
+	bs(&b, ",gaps:");
+	bu(&b, st.ph_gaps);
 	bs(&b, ",after:");
 	bu(&b, st.ph_punch);
+	bs(&b, "\nrestore_last_pauses=");
+	bu(&b, st.pauses);
+	bs(&b, "\nrestore_last_stops_given_up=");
+	bu(&b, st.stop_retries);
+	bs(&b, "\nrestore_last_lock_waits=");
+	bu(&b, st.lock_waits_last);
 	bs(&b, "\nrestore_moves=");
 	bu(&b, st.moves);
 	bs(&b, ",");
@@ -808,15 +866,17 @@ static void remap_private(void)
 //    round and write-protect them (PAGEMAP_SCAN + userfaultfd, asynchronous
 //    write-protect: the kernel only records writes), pwrite them" until few
 //    are left (try_restore, precopy);
-// 2. the pause: the other threads wait in a signal handler (real-time
-//    signal 62, futex wait; bounded, retried later on timeout); the pages
-//    written since the last round are written; each private mapping is moved
-//    out of the heap (mremap) and the heap file mapped MAP_SHARED in its
-//    place; the threads resume;
-// 3. after the pause: the moved private copies are freed, deferred frees
-//    punched.
+// 2. short pauses, in address order (see "chunked pauses"): the other
+//    threads wait in a signal handler (real-time signal 62, futex wait;
+//    bounded, retried later on timeout); the pages written since the last
+//    round are written from where the last pause stopped until the pause's
+//    budget is used; each private mapping of that chunk is moved out of
+//    the heap (mremap) and the heap file mapped MAP_SHARED in its place;
+//    the threads resume and run for a while; the next chunk;
+// 3. after the last pause: the moved private copies are freed, deferred
+//    frees punched.
 // Without userfaultfd or PAGEMAP_SCAN (seccomp, kernels before 6.7) step 1
-// is skipped and step 2 writes every private page. Nothing here allocates:
+// is skipped and the pauses write every private page. Nothing here allocates:
 // buffers are static, one thread restores at a time (st.restoring).
 
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
@@ -838,15 +898,7 @@ static int paused, hold;
 // a machine with fewer cores than threads, spinning threads take the CPU
 // that the threads still to be paused, and then the write-back, need
 // (measured here: the pause's stop and remap phases varied 3-15 ms with
-// spinning). Raw futex calls are async-signal-safe.
-#define FUTEX_WAIT_PRIVATE 128
-#define FUTEX_WAKE_PRIVATE 129
-static void futex_wait(int *w, int v, long ns)
-{
-	long ts[2] = {0, ns};
-	sc6(SYS_futex, (long)w, FUTEX_WAIT_PRIVATE, v, (long)ts, 0, 0);
-}
-static void futex_wake(int *w) { sc6(SYS_futex, (long)w, FUTEX_WAKE_PRIVATE, 0x7fffffff, 0, 0, 0); }
+// spinning).
 static int blocker; // a thread that blocks PAUSE_SIG: it must run the write-back
 static int handler_ok; // 0 unknown, 1 installed, -1 unavailable
 
@@ -966,11 +1018,11 @@ static void resume_others(void)
 	futex_wake(&hold);
 }
 
-// pause_others signals every other thread and waits (<= 200 ms) until all
+// pause_others signals every other thread and waits (<= limit_us) until all
 // spin in the handler (others_pausable checked first; a thread started
 // since that blocks the signal makes this time out). Returns the number
 // paused, or -1 (resumed again).
-static int pause_others(void)
+static int pause_others(long limit_us)
 {
 	static char dents[4096];
 	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0;
@@ -993,13 +1045,14 @@ static int pause_others(void)
 		}
 	}
 	sc(SYS_close, fd, 0, 0);
-	long t0 = now_ms();
+	long t0 = now_us();
 	for (int p; (p = __atomic_load_n(&paused, __ATOMIC_SEQ_CST)) < n;) {
-		if (now_ms() - t0 > 200) {
+		long left = limit_us - (now_us() - t0);
+		if (left <= 0) {
 			resume_others();
 			return -1;
 		}
-		futex_wait(&paused, p, 1000000);
+		futex_wait(&paused, p, (left < 1000 ? left : 1000) * 1000);
 	}
 	return n;
 }
@@ -1115,11 +1168,11 @@ static int pwrite_all(char *a, size_t len)
 	return len ? -1 : 0;
 }
 
-// write_regions writes regs[0..n) back. final (threads paused, lock held):
-// only pages in use and not freed meanwhile. Before the pause every reported
-// page is written (the bitmaps may change under us; a page freed meanwhile
-// is punched at the end anyway).
-static int write_regions(long n, int final, unsigned long *bytes)
+// write_regions writes regs[0..n) back, in the pre-copy (threads running,
+// no lock): every reported page (the bitmaps may change under us; a page
+// freed meanwhile is punched at the end anyway). The pauses write with
+// write_pause.
+static int write_regions(long n, unsigned long *bytes)
 {
 	for (long k = 0; k < n; k++) {
 		if (regs[k].categories & PAGE_IS_FILE)
@@ -1129,25 +1182,9 @@ static int write_regions(long n, int final, unsigned long *bytes)
 			a = st.base;
 		if (e > st.base + st.size)
 			e = st.base + st.size;
-		if (!final) {
-			if (a < e && pwrite_all(a, (size_t)(e - a)))
-				return -1;
-			*bytes += a < e ? (unsigned long)(e - a) : 0;
-			continue;
-		}
-		for (size_t i = (size_t)(a - st.base) / PAGE, j = (size_t)(e - st.base) / PAGE; i < j;) {
-			if (!bit(i) || mbit(st.dbits, i)) {
-				i++;
-				continue;
-			}
-			size_t m = i;
-			while (m < j && bit(m) && !mbit(st.dbits, m))
-				m++;
-			if (pwrite_all(st.base + i * PAGE, (m - i) * PAGE))
-				return -1;
-			*bytes += (m - i) * PAGE;
-			i = m;
-		}
+		if (a < e && pwrite_all(a, (size_t)(e - a)))
+			return -1;
+		*bytes += a < e ? (unsigned long)(e - a) : 0;
 	}
 	return 0;
 }
@@ -1239,7 +1276,7 @@ static int precopy(int pm, char *lo, char *hi, unsigned long forks0)
 		for (int k = 0; a < (uint64_t)hi && k < (1 << 20); k++) {
 			uint64_t next;
 			long n = scan(pm, a, (uint64_t)hi, 1, 0, &next);
-			if (n < 0 || write_regions(n, 0, &bytes)) {
+			if (n < 0 || write_regions(n, &bytes)) {
 				st.bytes_precopy += bytes;
 				return -1;
 			}
@@ -1323,6 +1360,120 @@ static void scrap_scratch(void)
 	st.scr_hi = 0;
 }
 
+// ---- chunked pauses ---------------------------------------------------------------
+//
+// The pause part of the write-back is split into chunks in address order,
+// each its own short stop-the-world pause: stop the other threads, write
+// the private pages of [a, cut) until the pause has used its budget
+// (st.budget_us), map [a, cut) shared, resume, let the threads run for a
+// gap as long as that pause, go on from cut. Without a pre-copy (seccomp
+// refuses userfaultfd) that bounds the longest pause instead of writing
+// every private page in one; after a pre-copy it bounds what a pre-copy
+// that stopped early leaves.
+//
+// The lock stays held across the whole sequence, gaps included, so no
+// interposed call sees the mixed state (chunks below a shared, the rest
+// private): mmap/munmap/madvise/mremap on the heap and fork_prepare wait
+// until the write-back is done (a fork then finds the heap shared and
+// remaps it private as usual); only plain stores run in the gaps. A store
+// into a chunk already shared goes to the file; a store into a later
+// chunk makes a private copy (or, after a pre-copy, marks the page
+// written), which that chunk's scan finds. Nothing here allocates.
+
+#define PIECE (64 * PAGE)          // the longest pwrite between two looks at the clock
+// One scan walks at most this much (1 MiB: 10-20 µs to tell copies from
+// file pages): a chunk rescans from its start (stores in the gap made new
+// copies), so a window much larger than what a pause writes is walked again
+// and again (with 32 MiB windows, bench-fork's pauses spent more time
+// scanning than writing: 0.65 MiB/ms written against 5 in one pause).
+#define SCAN_WINDOW (256 * PAGE)
+#define GAP_MIN_US 100             // shortest gap: enough for a paused thread to get a core
+#define CHUNKS_FOR_US 10000000L    // after 10 s of chunks the rest goes in one pause
+#define BUDGET_DEFAULT_US 1000
+#define STOP_SOFT_US 2000          // a stop that takes longer is given up and retried
+#define STOP_SOFT_TRIES 32         // ... this many times in a row, then waited for (200 ms)
+
+// write_pause writes the private pages of pages [a, hi), in address order,
+// until now_us() - t0 >= budget (0: no budget), and returns the cut: every
+// private page below it is in the file. At least one piece is written (or
+// one scan window passed) before the budget is looked at, so each chunk
+// makes progress. Returns (size_t)-1 when a scan or pwrite failed.
+// anon_only: no pre-copy (report private copies); else "written" pages.
+static size_t write_pause(int pm, int anon_only, size_t a, size_t hi, long t0, long budget)
+{
+	uint64_t p = (uint64_t)(st.base + a * PAGE), e = (uint64_t)(st.base + hi * PAGE);
+	for (int k = 0; p < e && k < (1 << 24); k++) {
+		uint64_t we = e - p > SCAN_WINDOW ? p + SCAN_WINDOW : e, next;
+		long n = scan(pm, p, we, 0, anon_only, &next);
+		if (n < 0)
+			return (size_t)-1;
+		for (long r = 0; r < n; r++) {
+			if (regs[r].categories & PAGE_IS_FILE)
+				continue;
+			uint64_t ra = regs[r].start < p ? p : regs[r].start, re = regs[r].end > we ? we : regs[r].end;
+			// Only pages in use and not freed meanwhile, in pieces.
+			for (size_t i = (size_t)((char *)ra - st.base) / PAGE, j = (size_t)((char *)re - st.base) / PAGE; i < j;) {
+				if (!bit(i) || mbit(st.dbits, i)) {
+					i++;
+					continue;
+				}
+				size_t m = i;
+				while (m < j && m - i < PIECE / PAGE && bit(m) && !mbit(st.dbits, m))
+					m++;
+				if (pwrite_all(st.base + i * PAGE, (m - i) * PAGE))
+					return (size_t)-1;
+				st.bytes_pause += (m - i) * PAGE;
+				i = m;
+				if (budget && now_us() - t0 >= budget)
+					return i;
+			}
+		}
+		if (next <= p || next > we)
+			next = we;
+		p = next;
+		if (budget && now_us() - t0 >= budget)
+			return (size_t)((char *)p - st.base) / PAGE;
+	}
+	return hi;
+}
+
+// remap_runs maps the in-use, not deferred pages of [a, b) shared
+// (remap_shared per run); shared = 0 maps them private again instead
+// (unshare: see try_restore). Threads paused for shared = 1 (a moved piece
+// is unmapped for a moment); private needs no pause, as in fork_prepare:
+// the file holds what the shared mapping showed, so a store lands in the
+// file before the switch or in a private copy after it.
+static int remap_runs(int maps, size_t a, size_t b, int shared)
+{
+	int ok = 1;
+	for (size_t i = a; i < b;) {
+		if ((i % 64) == 0 && st.bits[i / 64] == 0) {
+			i += 64; // sparse bitmap: skip empty words
+			continue;
+		}
+		if (!bit(i) || mbit(st.dbits, i)) {
+			i++;
+			continue;
+		}
+		size_t j = i;
+		while (j < b && bit(j) && !mbit(st.dbits, j))
+			j++;
+		if (shared) {
+			if (remap_shared(maps, i, j))
+				ok = 0; // cannot happen for a file we mapped before
+		} else {
+			sys_mmap(st.base + i * PAGE, (j - i) * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, st.fd,
+				 (off_t)(i * PAGE));
+		}
+		i = j;
+	}
+	return ok ? 0 : -1;
+}
+
+// gap lets the other threads run for us microseconds (a futex wait nobody
+// wakes: a sleep with no libc).
+static int gapw;
+static void gap(long us) { futex_wait(&gapw, 0, us * 1000); }
 static void reap(void);
 
 // try_restore runs with the lock held and no child left. It may drop the
@@ -1383,57 +1534,101 @@ static void try_restore(void)
 	}
 	st.ph_precopy = (unsigned long)(now_us() - tp);
 	int maps = sys_open("/proc/self/maps", O_RDONLY | O_CLOEXEC, 0);
-	// No signal handler of this thread may run in the pause: between a
-	// move and the shared map a piece of the heap is not mapped at all.
+	// No signal handler of this thread may run in a pause: between a move
+	// and the shared map a piece of the heap is not mapped at all. The
+	// signals stay blocked in the gaps too: this thread holds the lock
+	// throughout, and a handler that called into the allocator here would
+	// wait for it forever. Process-directed signals go to the other
+	// threads meanwhile (they run in the gaps).
 	unsigned long all = ~0UL, mask = 0;
 	sc6(SYS_rt_sigprocmask, 0 /* SIG_BLOCK */, (long)&all, (long)&mask, 8, 0, 0);
-	long t0 = now_us();
-	if (pause_others() < 0) {
-		sc6(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&mask, 0, 8, 0, 0);
-		st.restore_fail++;
-		if (uffd >= 0)
-			sc(SYS_close, uffd, 0, 0);
-		sc(SYS_close, pm, 0, 0);
-		if (maps >= 0)
-			sc(SYS_close, maps, 0, 0);
-		st.restoring = 0;
-		return; // retried later; the heap stays private meanwhile
-	}
-	long t1 = now_us();
-	int ok = 1;
-	// Pass 1: pages zeroed since the pre-copy read zero from the file, then
-	// every page written since (or all private pages, without pre-copy).
+	// Pages zeroed while private read zero from the file from now on
+	// (lock held: no madvise adds one before the end), then the chunks.
 	punch_zbits();
 	span(&lo, &hi);
-	for (uint64_t a = (uint64_t)(st.base + lo * PAGE), e = (uint64_t)(st.base + hi * PAGE), k = 0; ok && a < e && k < (1 << 20); k++) {
-		uint64_t next;
-		long n = scan(pm, a, e, 0, uffd < 0, &next);
-		if (n < 0 || write_regions(n, 1, &st.bytes_pause))
+	st.ph_stop = st.ph_write = st.ph_remap = st.ph_pause = st.ph_longest = st.ph_longest_stop = st.ph_gaps = st.pauses = st.stop_retries = 0;
+	int ok = 1, timeout = 0, soft = 0;
+	unsigned long w0 = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED);
+	size_t a = lo;
+	long ts = now_us(), t3 = ts;
+	for (int k = 0; a < hi && k < (1 << 24); k++) {
+		long t0 = now_us();
+		// Stopping takes 0.1-0.3 ms, unless a thread waits for a CPU
+		// (an overloaded machine: 40-90 ms seen in bench-fork at load
+		// 14), and the threads already stopped wait with it. So give up
+		// after STOP_SOFT_US, let everyone run and try again; only after
+		// STOP_SOFT_TRIES such tries in a row wait the full 200 ms.
+		int hard = soft >= STOP_SOFT_TRIES;
+		int n = pause_others(hard ? 200000 : STOP_SOFT_US);
+		if (n < 0) {
+			// The threads that did stop were stopped this long: it
+			// counts as a pause (restore_max_ms).
+			long tf = now_us();
+			st.pauses++;
+			st.stop_retries++;
+			st.ph_stop += (unsigned long)(tf - t0);
+			st.ph_pause += (unsigned long)(tf - t0);
+			if ((unsigned long)(tf - t0) > st.ph_longest)
+				st.ph_longest = st.ph_longest_stop = (unsigned long)(tf - t0);
+			if (hard) {
+				timeout = 1;
+				break;
+			}
+			soft++;
+			long tg = now_us();
+			gap(tf - t0 > GAP_MIN_US ? tf - t0 : GAP_MIN_US);
+			st.ph_gaps += (unsigned long)(now_us() - tg);
+			continue;
+		}
+		soft = 0;
+		long t1 = now_us();
+		// Alone (no other thread), or after 10 s of chunks: the rest in
+		// one pause (with nobody to let run, gaps only cost time).
+		long budget = n > 0 && t0 - ts < CHUNKS_FOR_US ? st.budget_us : 0;
+		size_t cut = write_pause(pm, uffd < 0, a, hi, t0, budget);
+		long t2 = now_us();
+		if (cut == (size_t)-1) {
+			resume_others();
 			ok = 0;
-		if (next <= a)
 			break;
-		a = next;
-	}
-	long t2 = now_us();
-	// Pass 2: remap shared (only if every copy reached the file).
-	for (size_t i = lo; ok && i < hi;) {
-		if ((i % 64) == 0 && st.bits[i / 64] == 0) {
-			i += 64; // sparse bitmap: skip empty words
-			continue;
 		}
-		if (!bit(i) || mbit(st.dbits, i)) {
-			i++;
-			continue;
+		if (remap_runs(maps, a, cut, 1)) {
+			// Only if the file cannot be mapped any more: [a, cut) is
+			// then partly shared, partly private, all in the file.
+			ok = 0;
+			a = cut;
+			resume_others();
+			break;
 		}
-		size_t j = i;
-		while (j < st.npages && bit(j) && !mbit(st.dbits, j))
-			j++;
-		if (remap_shared(maps, i, j))
-			ok = 0; // cannot happen for a file we mapped before; stays private below
-		i = j;
+		t3 = now_us();
+		resume_others();
+		st.pauses++;
+		st.ph_stop += (unsigned long)(t1 - t0);
+		st.ph_write += (unsigned long)(t2 - t1);
+		st.ph_remap += (unsigned long)(t3 - t2);
+		st.ph_pause += (unsigned long)(t3 - t0);
+		if ((unsigned long)(t3 - t0) > st.ph_longest) {
+			st.ph_longest = (unsigned long)(t3 - t0);
+			st.ph_longest_stop = (unsigned long)(t1 - t0);
+		}
+		a = cut;
+		if (a < hi) {
+			// The application gets at least half of the time.
+			long g = t3 - t0 > GAP_MIN_US ? t3 - t0 : GAP_MIN_US;
+			long tg = now_us();
+			gap(g);
+			st.ph_gaps += (unsigned long)(now_us() - tg);
+		}
 	}
-	long t3 = now_us();
-	resume_others();
+	st.lock_waits_last = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED) - w0;
+	if (!ok || timeout) {
+		// [lo, a) is shared, the rest private: not a state a fork may see
+		// (fork_prepare remaps nothing while st.privat is set). Map the
+		// shared chunks private again (no pause needed, see remap_runs):
+		// the heap is then as before the write-back, all private, with
+		// the file holding at least what it showed.
+		remap_runs(maps, lo, a, 0);
+	}
 	sc6(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&mask, 0, 8, 0, 0);
 	// maybe_restore frees the moved-away copies after unlocking, then
 	// closes the userfaultfd (which clears the write protection of what is
@@ -1443,6 +1638,14 @@ static void try_restore(void)
 	sc(SYS_close, pm, 0, 0);
 	if (maps >= 0)
 		sc(SYS_close, maps, 0, 0);
+	long ms = ((long)st.ph_longest + 999) / 1000;
+	if ((unsigned long)ms > st.restore_max_ms)
+		st.restore_max_ms = (unsigned long)ms;
+	if (timeout) {
+		st.restore_fail++; // retried later; the heap stays private meanwhile
+		write_status();
+		return;
+	}
 	if (!ok) {
 		// A failed pwrite leaves the private pages authoritative: stay private.
 		st.norestore = 1;
@@ -1450,19 +1653,11 @@ static void try_restore(void)
 		write_status();
 		return;
 	}
-	// Pass 3: punch what was freed meanwhile and give the offsets back.
+	// Punch what was freed meanwhile and give the offsets back.
 	punch_runs(st.dbits, 1);
 	st.privat = 0;
 	st.restores++;
-	long t4 = now_us();
-	st.ph_stop = (unsigned long)(t1 - t0);
-	st.ph_write = (unsigned long)(t2 - t1);
-	st.ph_remap = (unsigned long)(t3 - t2);
-	st.ph_punch = (unsigned long)(t4 - t3);
-	st.ph_pause = (unsigned long)(t3 - t0);
-	long ms = (t3 - t0 + 999) / 1000;
-	if ((unsigned long)ms > st.restore_max_ms)
-		st.restore_max_ms = (unsigned long)ms;
+	st.ph_punch = (unsigned long)(now_us() - t3);
 	write_status();
 }
 
@@ -1993,6 +2188,15 @@ __attribute__((constructor)) static void init(void)
 	// pre-copy ever misbehaves).
 	const char *pc = env(environ, en, "PMEM_PRECOPY");
 	st.noprecopy = pc && pc[0] == '0' && !pc[1];
+	// PMEM_PAUSE_BUDGET_US: how long one pause of the write-back may write
+	// before it maps what it wrote shared and lets the threads run (0,
+	// unset, not a number or over 10 s: the default). Tests set 1 to force a chunk
+	// per piece.
+	const char *pb = env(environ, en, "PMEM_PAUSE_BUDGET_US");
+	unsigned long budget = 0;
+	if (!pb || parse_u(pb, slen(pb), &budget) || budget == 0 || budget > 10000000)
+		budget = BUDGET_DEFAULT_US;
+	st.budget_us = (long)budget;
 	unsigned long limit = 0;
 	if (parse_tiers(tiers, &limit)) {
 		st.mode = OFF;

@@ -15,6 +15,7 @@ import (
 	e2etypes "sigs.k8s.io/e2e-framework/pkg/types"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // ForkWriteBackFeatures: a BGSAVE in a running fsdax Redis pod, under a write load, is written
@@ -127,7 +128,7 @@ func ForkWriteBack(env *Env, penv *PodEnv, seccomp *corev1.SeccompProfile) e2ety
 
 			// What the container runs under: seccomp mode of redis-server, and what
 			// userfaultfd returns there.
-			mode := keyValues(strings.ReplaceAll(sh("grep '^Seccomp:' /proc/1/status; uname -r | sed 's/^/kernel=/'"), ":\t", "="))
+			mode := preload.ParseStatus(strings.ReplaceAll(sh("grep '^Seccomp:' /proc/1/status; uname -r | sed 's/^/kernel=/'"), ":\t", "="))
 			t.Logf("seccomp %s: /proc/1/status Seccomp=%s (0 none, 2 filter), kernel %s", profile, mode["Seccomp"], mode["kernel"])
 			if want := map[bool]string{true: "2", false: "0"}[seccomp != nil]; mode["Seccomp"] != want {
 				t.Errorf("redis-server runs with Seccomp mode %q, want %s", mode["Seccomp"], want)
@@ -151,7 +152,7 @@ func ForkWriteBack(env *Env, penv *PodEnv, seccomp *corev1.SeccompProfile) e2ety
 			out := sh(forkPopulate + " >/dev/null 2>&1; redis-cli INFO memory | tr -d '\\r' | grep -E '^used_memory:' | sed 's/:/=/'")
 			t.Logf("populated: %s", strings.TrimSpace(out))
 
-			load := keyValues(sh(fmt.Sprintf(forkLoadScript, forkLoadSeconds)))
+			load := preload.ParseStatus(sh(fmt.Sprintf(forkLoadScript, forkLoadSeconds)))
 			t.Logf("BGSAVE %q; %s; load rounds %s; fork-time dbsize %s; rdb_last_bgsave_status %s, rdb_last_cow_size %s",
 				load["bgsave"], load["writeback"], load["load_rounds"], load["dbsize"], load["rdb_last_bgsave_status"], load["rdb_last_cow_size"])
 			after := statusRecord(ctx, t, rc, pod)
@@ -179,10 +180,9 @@ func ForkWriteBack(env *Env, penv *PodEnv, seccomp *corev1.SeccompProfile) e2ety
 				t.Errorf("heap_shared=%q children_sharing=%q: want the heap shared again, no child", after["heap_shared"], after["children_sharing"])
 			}
 			rounds, pre, paused := n(after, "restore_last_precopy_rounds"), n(after, "restore_last_bytes_precopy"), n(after, "restore_last_bytes_pause")
-			us := keyValues(strings.NewReplacer(",", "\n", ":", "=").Replace(after["restore_last_us"]))
-			pauseUS, _ := strconv.ParseInt(us["pause"], 10, 64)
-			t.Logf("write-back: %d pre-copy round(s) wrote %.1f MiB in %s µs with the threads running; the pause wrote %.1f MiB in %d µs (%.0f ms per GiB written back)",
-				rounds, float64(pre)/(1<<20), us["precopy"], float64(paused)/(1<<20), pauseUS, msPerGiB(pauseUS, pre+paused))
+			ps := preload.LastPauses(after)
+			t.Logf("write-back: %d pre-copy round(s) wrote %.1f MiB in %d µs with the threads running; %d pause(s) wrote %.1f MiB, longest %d µs (%.0f ms per GiB written back), %d µs in all, the threads ran %d µs between them",
+				rounds, float64(pre)/(1<<20), ps.Phases["precopy"], ps.Count, float64(paused)/(1<<20), ps.LongestUS, msPerGiB(ps.LongestUS, pre+paused), ps.TotalUS, ps.Phases["gaps"])
 			switch {
 			case precopyPossible && (rounds < 1 || pre == 0):
 				t.Errorf("pre-copy rounds %d, bytes %d: want the pre-copy to run where userfaultfd is allowed", rounds, pre)
@@ -190,7 +190,7 @@ func ForkWriteBack(env *Env, penv *PodEnv, seccomp *corev1.SeccompProfile) e2ety
 				t.Errorf("pre-copy rounds %d, bytes %d, pause bytes %d: want no pre-copy and the whole write-back in the pause where userfaultfd is refused", rounds, pre, paused)
 			}
 
-			dump := keyValues(sh(forkDumpScript))
+			dump := preload.ParseStatus(sh(forkDumpScript))
 			t.Logf("dump loaded without the preload: dbsize %s, digest %s (at the fork: %s, %s)", dump["dbsize"], dump["digest"], load["dbsize"], load["digest"])
 			if dump["dbsize"] == "" || dump["dbsize"] != load["dbsize"] || dump["digest"] != load["digest"] || len(load["digest"]) != 40 {
 				t.Errorf("dump: dbsize %q digest %q, want %q %q as at the fork", dump["dbsize"], dump["digest"], load["dbsize"], load["digest"])
@@ -211,27 +211,17 @@ func statusRecord(ctx context.Context, t *testing.T, cfg *rest.Config, pod *core
 	if err != nil {
 		t.Fatalf("read the status file: %v", err)
 	}
-	r := keyValues(out)
+	r := preload.ParseStatus(out)
 	if r["pid"] != "1" || r["mode"] != "fsdax" {
 		t.Fatalf("status record of PID 1: %q", out)
 	}
 	return r
 }
 
-// keyValues parses key=value lines (values trimmed; the status file pads with spaces).
-func keyValues(out string) map[string]string {
-	m := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
-			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	return m
-}
-
 func formatRecord(r map[string]string) string {
 	var b strings.Builder
 	for _, k := range []string{"forks", "restores", "restore_retries", "children_sharing", "restore_max_ms", "restore_last_us",
+		"restore_last_pauses", "restore_last_stops_given_up", "restore_last_lock_waits",
 		"restore_moves", "restore_last_precopy_rounds", "restore_last_bytes_precopy", "restore_last_bytes_pause", "heap_shared",
 		"bytes_mapped_pmem", "bytes_resident_pmem", "bytes_fallback_dram"} {
 		fmt.Fprintf(&b, "    %s=%s\n", k, r[k])

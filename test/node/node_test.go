@@ -168,8 +168,8 @@ func TestForkSafetyFSDAX(t *testing.T) {
 	}
 	onPMEM, anon, _ := heapSplit(t, pid, p.PMEMDir)
 	share := 100 * float64(onPMEM) / float64(onPMEM+anon)
-	t.Logf("fsdax after %d BGSAVEs: status forks=%s restores=%s restore_max_ms=%s heap_shared=%q bytes_fallback_dram=%s; resident from the PMEM file %d kB, anonymous %d kB (%.1f%%; %.1f%% before the saves)",
-		dumps, st["forks"], st["restores"], st["restore_max_ms"], st["heap_shared"], st["bytes_fallback_dram"], onPMEM, anon, share, shareBefore)
+	t.Logf("fsdax after %d BGSAVEs: status forks=%s restores=%s restore_max_ms=%s restore_last_pauses=%s heap_shared=%q bytes_fallback_dram=%s; resident from the PMEM file %d kB, anonymous %d kB (%.1f%%; %.1f%% before the saves)",
+		dumps, st["forks"], st["restores"], st["restore_max_ms"], st["restore_last_pauses"], st["heap_shared"], st["bytes_fallback_dram"], onPMEM, anon, share, shareBefore)
 	// What the allocator mapped while the heap was private is written back
 	// with the rest: the heap is back on PMEM, not left on DRAM.
 	if share < shareBefore-5 {
