@@ -376,19 +376,31 @@ func (w *WebhookProcess) Log() ([]LogLine, error) {
 	return out, s.Err()
 }
 
-// Handled maps the pods the webhook answered for to when, from its log:
-// injections and denials are logged at the default verbosity, pass-throughs
-// (skipped) only with --v=1.
-func (w *WebhookProcess) Handled() (map[string]time.Time, error) {
+// Handled is what the webhook's log says about one pod: how many
+// admission calls for it the handler decided ("injected", "skipped",
+// "denied"; "skipped" is logged only with --v=1) and when the last was.
+type Handled struct {
+	Calls int
+	Last  time.Time
+}
+
+// Handled maps the pods the webhook answered for to their Handled, from
+// its log. The apiserver can call the webhook more than once per pod
+// (reinvocationPolicy IfNeeded: again when an admission plugin changed the
+// pod after the webhook's patch), so one pod can have several calls.
+func (w *WebhookProcess) Handled() (map[string]Handled, error) {
 	lines, err := w.Log()
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]time.Time{}
+	out := map[string]Handled{}
 	for _, l := range lines {
 		switch l.Msg {
 		case "injected", "skipped", "denied":
-			out[l.Pod] = l.Time
+			h := out[l.Pod]
+			h.Calls++
+			h.Last = l.Time
+			out[l.Pod] = h
 		}
 	}
 	return out, nil
