@@ -211,14 +211,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 // During the shutdown delay a client's pooled keep-alive connection is
 // still served, and told to close, instead of being cut under a request.
 func TestShutdownDelayDrainsKeepAlive(t *testing.T) {
-	dir := t.TempDir()
-	b, err := certs.Generate([]string{"localhost"}, loopback, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.WriteDir(dir); err != nil {
-		t.Fatal(err)
-	}
+	dir, b := certDir(t)
 	cfg := patch.DefaultConfig()
 	srv, err := New(Options{BindAddress: "127.0.0.1", CertDir: dir, Config: &cfg, Log: logr.Discard(), ShutdownDelay: 2 * time.Second})
 	if err != nil {
@@ -256,4 +249,19 @@ func TestShutdownDelayDrainsKeepAlive(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// certDir writes a fresh serving certificate for localhost and 127.0.0.1
+// into a temporary directory (the layout --cert-dir expects).
+func certDir(t *testing.T) (string, *certs.Bundle) {
+	t.Helper()
+	dir := t.TempDir()
+	b, err := certs.Generate([]string{"localhost"}, loopback, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir, b
 }

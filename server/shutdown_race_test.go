@@ -18,7 +18,6 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/pmem-webhook/pmem-webhook/certs"
 	"github.com/pmem-webhook/pmem-webhook/patch"
 	"github.com/pmem-webhook/pmem-webhook/webhook"
 )
@@ -70,14 +69,7 @@ func TestNoHandledAdmissionLostInShutdown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Run many times")
 	}
-	dir := t.TempDir()
-	b, err := certs.Generate([]string{"localhost"}, loopback, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.WriteDir(dir); err != nil {
-		t.Fatal(err)
-	}
+	dir, b := certDir(t)
 	raw, err := os.ReadFile(filepath.Join("..", "webhook", "testdata", "review-redis-single.json"))
 	if err != nil {
 		t.Fatal(err)

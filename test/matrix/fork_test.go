@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -184,7 +183,7 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), err, tail(p.log.String()))
 		}
 		dst := filepath.Join(snaps, fmt.Sprintf("dump-%d.rdb", len(dumps)))
-		if err := copyFile(filepath.Join(s.workDir, "dump.rdb"), dst); err != nil {
+		if err := redischeck.CopyFile(filepath.Join(s.workDir, "dump.rdb"), dst); err != nil {
 			t.Fatal(err)
 		}
 		if after := forks(); before >= 0 && after != before+1 {
@@ -357,7 +356,7 @@ func forkAt(c *redischeck.Client, pause bool) (vers []int, started bool, err err
 func loadDump(t *testing.T, r row, plain *sandbox, server, dump string, i int) []int {
 	t.Helper()
 	dir := plain.mkdir(t, fmt.Sprintf("load-%d", i), 0o777)
-	if err := copyFile(dump, filepath.Join(dir, "dump.rdb")); err != nil {
+	if err := redischeck.CopyFile(dump, filepath.Join(dir, "dump.rdb")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -424,23 +423,6 @@ func threads(pid int, statusDir string) string {
 		b.WriteString(strings.Join(strings.Fields(string(st)), " "))
 	}
 	return b.String()
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func tail(s string) string {

@@ -2,7 +2,6 @@ package node
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -259,7 +258,7 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 			t.Fatalf("BGSAVE %d: %v\n%s", len(dumps), err, tail(s.Log.String()))
 		}
 		dst := filepath.Join(snaps, fmt.Sprintf("dump-%02d.rdb", len(dumps)))
-		if err := copyFile(filepath.Join(dir, "dump.rdb"), dst); err != nil {
+		if err := redischeck.CopyFile(filepath.Join(dir, "dump.rdb"), dst); err != nil {
 			t.Fatal(err)
 		}
 		dumps = append(dumps, dst)
@@ -315,7 +314,7 @@ func forkSnapshots(t *testing.T, p *pod, wantLog string, beforeSaves func(pid in
 func loadDump(t *testing.T, dump string) []int {
 	t.Helper()
 	port, dir, args := redisArgs(t, "--save", "", "--appendonly", "no")
-	if err := copyFile(dump, filepath.Join(dir, "dump.rdb")); err != nil {
+	if err := redischeck.CopyFile(dump, filepath.Join(dir, "dump.rdb")); err != nil {
 		t.Fatal(err)
 	}
 	s := startRedis(t, nil, append([]string{"redis-server"}, args...)...)
@@ -329,23 +328,6 @@ func loadDump(t *testing.T, dump string) []int {
 		t.Fatalf("%s: %v", dump, err)
 	}
 	return vers
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func anyContains(list []string, sub string) bool {
