@@ -114,7 +114,9 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 
 #define sc(n, a, b, c) sc6((n), (long)(a), (long)(b), (long)(c), 0, 0, 0)
 
-// Flags (identical on x86_64 and aarch64).
+// Flags. Most are the same on x86_64 and aarch64; O_DIRECTORY and
+// O_NOFOLLOW are not (TestKernelConstants compares every one with the
+// target libc's headers).
 #define PROT_NONE 0
 #define PROT_READ 1
 #define PROT_WRITE 2
@@ -140,7 +142,13 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define O_EXCL 0200
 #define O_NONBLOCK 04000
 #define O_CLOEXEC 02000000
+#ifdef __aarch64__
+#define O_DIRECTORY 040000
+#define O_NOFOLLOW 0100000
+#else
 #define O_DIRECTORY 0200000
+#define O_NOFOLLOW 0400000
+#endif
 #define AT_FDCWD (-100)
 #define FALLOC_FL_KEEP_SIZE 1
 #define FALLOC_FL_PUNCH_HOLE 2
@@ -150,7 +158,6 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define EPERM 1
 #define EACCES 13
 #define EROFS 30
-#define O_NOFOLLOW 0400000
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -337,9 +344,12 @@ static void cpu_relax(void)
 // pausing thread and threads waiting for the lock sleep in them.
 #define FUTEX_WAIT_PRIVATE 128
 #define FUTEX_WAKE_PRIVATE 129
+// futex_wait sleeps while *w == v, at most ns nanoseconds. The timespec's
+// nanoseconds must stay below 1e9 (else EINVAL and no wait at all: a gap
+// after a pause of a second or more would vanish).
 static void futex_wait(int *w, int v, long ns)
 {
-	long ts[2] = {0, ns};
+	long ts[2] = {ns / 1000000000L, ns % 1000000000L};
 	sc6(SYS_futex, (long)w, FUTEX_WAIT_PRIVATE, v, (long)ts, 0, 0);
 }
 static void futex_wake_n(int *w, int n) { sc6(SYS_futex, (long)w, FUTEX_WAKE_PRIVATE, n, 0, 0, 0); }
@@ -1434,7 +1444,9 @@ static size_t write_pause(int pm, int anon_only, size_t a, size_t hi, long t0, l
 		if (budget && now_us() - t0 >= budget)
 			return (size_t)((char *)p - st.base) / PAGE;
 	}
-	return hi;
+	// Where the loop's bound (not the range) ended it, only [a, p) is
+	// written: the caller must not map more than that shared.
+	return p < e ? (size_t)((char *)p - st.base) / PAGE : hi;
 }
 
 // remap_runs maps the in-use, not deferred pages of [a, b) shared
@@ -1621,6 +1633,8 @@ static void try_restore(void)
 		}
 	}
 	st.lock_waits_last = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED) - w0;
+	if (ok && a < hi)
+		timeout = 1; // the loop's bound ended it: never st.privat = 0 with pages unwritten
 	if (!ok || timeout) {
 		// [lo, a) is shared, the rest private: not a state a fork may see
 		// (fork_prepare remaps nothing while st.privat is set). Map the
@@ -1709,7 +1723,14 @@ static void maybe_restore(void)
 
 // ---- fork (FS_DAX) -----------------------------------------------------------------
 
-static int pipe_w = -1;
+// The write end of each fork's pipe, by the forking thread: the parent
+// closes its copy in fork_parent. The lock is not held from prepare to
+// parent, so two threads forking at once must not share one slot (a
+// single variable let one thread close the other's write end and leak its
+// own: that child's exit would never be seen).
+static struct {
+	int tid, fd;
+} pipe_w[8];
 
 // The lock is not held across the fork. Prepare handlers run in the reverse
 // order of registration, and a library loaded as a dependency of the
@@ -1739,10 +1760,14 @@ static void fork_prepare(void)
 	}
 	reap();
 	int fds[2];
-	pipe_w = -1;
-	if (st.nkids < 8 && sc(SYS_pipe2, fds, O_CLOEXEC | O_NONBLOCK, 0) == 0) {
+	int slot = -1, tid = (int)sc(SYS_gettid, 0, 0, 0);
+	for (int k = 0; k < 8 && slot < 0; k++)
+		if (pipe_w[k].tid == 0)
+			slot = k;
+	if (st.nkids < 8 && slot >= 0 && sc(SYS_pipe2, fds, O_CLOEXEC | O_NONBLOCK, 0) == 0) {
 		st.kids[st.nkids++] = fds[0];
-		pipe_w = fds[1];
+		pipe_w[slot].tid = tid;
+		pipe_w[slot].fd = fds[1];
 	} else if (!st.norestore) {
 		st.norestore = 1; // cannot tell when this child is gone
 		setwhy("more than 8 concurrent children");
@@ -1754,9 +1779,12 @@ static void fork_parent(void)
 	lock();
 	st.forks++;
 	if (st.mode == FSDAX && !st.child) {
-		if (pipe_w >= 0)
-			sc(SYS_close, pipe_w, 0, 0);
-		pipe_w = -1;
+		int tid = (int)sc(SYS_gettid, 0, 0, 0);
+		for (int k = 0; k < 8; k++)
+			if (pipe_w[k].tid == tid) {
+				sc(SYS_close, pipe_w[k].fd, 0, 0);
+				pipe_w[k].tid = 0;
+			}
 		write_status();
 		if (st.forks == 1) {
 			struct buf b = {.n = 0};
@@ -1773,7 +1801,7 @@ static void fork_child(void)
 	st.child = 1;
 	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
 	st.status_fd = -1; // the parent's record stays the parent's
-	// Keep pipe_w open (closed by exit or exec: that is the signal); the
+	// Keep the write ends open (closed by exit or exec: that is the signal); the
 	// read ends are the parent's.
 	for (int k = 0; k < st.nkids; k++)
 		sc(SYS_close, st.kids[k], 0, 0);
