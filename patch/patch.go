@@ -582,7 +582,7 @@ func (in *injection) plan() error {
 					"during a save is on DRAM until written back: size memory limits for it (docs/node.md)", c.Name)
 				if seccompRuntimeDefault(in.pod, c) {
 					in.warn("container %q: seccompProfile RuntimeDefault refuses userfaultfd: the fsdax write-back after a save "+
-						"writes copied pages with Redis paused, in ~1 ms steps (0.3-3 s/GiB in all) (docs/node.md)", c.Name)
+						"pauses Redis in ~1 ms steps (longer if CPU-starved), 0.3-3 s/GiB in all (docs/node.md)", c.Name)
 				}
 			}
 			if daemonizes(c) {

@@ -29,7 +29,7 @@ const (
 	forkSaves           = 5
 	forkSaveTime        = 90 * time.Second
 	forkWriteBackRounds = 40
-	forkWriteBackTime   = 45 * time.Second
+	forkWriteBackTime   = 60 * time.Second
 	forkWriterOps       = 5_000_000
 )
 
