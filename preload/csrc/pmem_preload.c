@@ -1398,7 +1398,7 @@ static void scrap_scratch(void)
 // scanning than writing: 0.65 MiB/ms written against 5 in one pause).
 #define SCAN_WINDOW (256 * PAGE)
 #define GAP_MIN_US 100             // shortest gap: enough for a paused thread to get a core
-#define CHUNKS_FOR_US 10000000L    // after 10 s of chunks the rest goes in one pause
+#define CHUNKS_FOR_US 10000000L    // after 10 s of chunks the budget doubles every second (to 1 s at most)
 #define BUDGET_DEFAULT_US 1000
 #define STOP_SOFT_US 2000          // a stop that takes longer is given up and retried
 #define STOP_SOFT_TRIES 32         // ... this many times in a row, then waited for (200 ms)
@@ -1594,9 +1594,17 @@ static void try_restore(void)
 		}
 		soft = 0;
 		long t1 = now_us();
-		// Alone (no other thread), or after 10 s of chunks: the rest in
-		// one pause (with nobody to let run, gaps only cost time).
-		long budget = n > 0 && t0 - ts < CHUNKS_FOR_US ? st.budget_us : 0;
+		// Alone (no other thread): the rest in one pause (with nobody to
+		// let run, gaps only cost time). After 10 s of chunks the budget
+		// grows, so a large dirty set finishes, but a pause stays far below
+		// the 60 s after which a paused thread leaves on_pause by itself.
+		long budget = 0;
+		if (n > 0) {
+			long over = (t0 - ts - CHUNKS_FOR_US) / 1000000L;
+			budget = st.budget_us;
+			for (long d = 0; d <= over && budget < 1000000L; d++)
+				budget *= 2;
+		}
 		size_t cut = write_pause(pm, uffd < 0, a, hi, t0, budget);
 		long t2 = now_us();
 		if (cut == (size_t)-1) {

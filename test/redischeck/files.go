@@ -22,5 +22,8 @@ func CopyFile(src, dst string) error {
 		out.Close()
 		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
-	return out.Close()
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("copy to %s: %w", dst, err)
+	}
+	return nil
 }

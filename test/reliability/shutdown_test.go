@@ -129,6 +129,9 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 			calls = h.Calls
 		}
 	}
+	if calls == 0 {
+		t.Fatalf("no pod was created through the webhook: load %s", rep)
+	}
 	var handledOK, handledFailed, refusedAfter, partial, unmutated int
 	afterClasses := map[string]int{}
 	example := map[string]string{}
