@@ -1804,6 +1804,14 @@ static void fork_parent(void)
 	}
 	unlock();
 }
+// fork_child resets the lock, which the child may inherit held by a thread
+// of the parent (fork_prepare does not hold it across the fork). Child
+// handlers run in registration order, so one registered before ours (a
+// library's constructor) that made an interposed mmap/munmap/madvise call on
+// the heap would wait for that lock first: none of the allocators tested
+// does (test/matrix forks every image class). Taking the lock over when the
+// pid changed would be wrong for a vfork child, which shares the parent's
+// memory while the parent's other threads run.
 static void fork_child(void)
 {
 	st.child = 1;
