@@ -30,8 +30,9 @@ type UninjectResult struct {
 // opt-in through untouched).
 //
 // For a pod whose opt-in is absent or "false" and which carries the
-// injection (the status annotation says injected, and/or pieces the
-// injector adds are there), it removes exactly those pieces: the init
+// injection (the status annotation says injected, and/or the pieces only
+// the injector writes are there: its init container, its preload in
+// LD_PRELOAD), it removes exactly those pieces: the init
 // container, the volumes pmem and pmem-memkind, their mounts, the env
 // MEMKIND_MEM_TIERS and PMEM_TARGET_PROCESSES, the preload entry of
 // LD_PRELOAD (the user's own entries stay) and the status annotation. A
@@ -45,8 +46,14 @@ func Uninject(pod *corev1.Pod, cfg *Config) (*UninjectResult, error) {
 	if NeedsAdmission(pod.Annotations) {
 		return &UninjectResult{Pod: pod}, nil
 	}
+	// Marked injected: every piece under our names must be ours. Not
+	// marked (the user deleted the status with the opt-in): only the
+	// pieces no one else writes say it is our injection, the init
+	// container or our preload in LD_PRELOAD; a volume named pmem or
+	// memkind's own MEMKIND_MEM_TIERS alone may be the user's, and such a
+	// manifest passes through as before.
 	marked := pod.Annotations[AnnotationStatus] == StatusInjected
-	if !marked && !hasInjectedPieces(pod, cfg) {
+	if !marked && !hasDistinctivePieces(pod, cfg) {
 		return &UninjectResult{Pod: pod}, nil
 	}
 	if err := checkOwnPieces(pod, cfg); err != nil {
@@ -67,6 +74,21 @@ func Uninject(pod *corev1.Pod, cfg *Config) (*UninjectResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// hasDistinctivePieces reports whether the pod has the init container or
+// the preload entry in LD_PRELOAD: pieces only this injector writes.
+func hasDistinctivePieces(pod *corev1.Pod, cfg *Config) bool {
+	if slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == InitContainerName }) {
+		return true
+	}
+	preload := cfg.LibDir + "/" + PreloadLibrary
+	for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {
+		if v, ok := envOf(c.Env, EnvLDPreload); ok && containsPath(v, preload) {
+			return true
+		}
+	}
+	return false
 }
 
 // usesKMEM reports whether any container's injected tiers are KMEM_DAX.

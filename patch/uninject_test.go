@@ -137,9 +137,33 @@ func TestUninjectGolden(t *testing.T) {
 // TestUninjectLeaves: pods that opt in, or carry nothing of ours, are
 // returned as they are.
 func TestUninjectLeaves(t *testing.T) {
-	for _, name := range []string{"redis-single.golden.yaml", "redis-single.yaml", "no-annotation.yaml", "direct-false.yaml"} {
+	cases := []struct {
+		file   string
+		mutate func(*corev1.Pod)
+	}{
+		{file: "redis-single.golden.yaml"}, {file: "redis-single.yaml"}, {file: "no-annotation.yaml"}, {file: "direct-false.yaml"},
+		// Never injected, unmarked: a volume of the user's own named pmem,
+		// memkind's own env (by hand), mounted where ours would be.
+		{file: "volume-collision.yaml", mutate: func(p *corev1.Pod) { delete(p.Annotations, AnnotationDirect) }},
+		{file: "no-annotation.yaml", mutate: func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env,
+				corev1.EnvVar{Name: EnvLDPreload, Value: "/usr/lib/libmemtier.so"},
+				corev1.EnvVar{Name: EnvMemTiers, Value: "KIND:FS_DAX,PATH:/mnt/pmem,RATIO:1;POLICY:STATIC_RATIO"})
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: PMEMVolumeName, VolumeSource: corev1.VolumeSource{
+				HostPath: &corev1.HostPathVolumeSource{Path: "/mnt/pmem0"}}})
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: PMEMVolumeName, MountPath: PMEMMountPath})
+		}},
+	}
+	for _, tc := range cases {
+		name := tc.file
+		if tc.mutate != nil {
+			name += " edited"
+		}
 		t.Run(name, func(t *testing.T) {
-			pod := loadPod(t, name)
+			pod := loadPod(t, tc.file)
+			if tc.mutate != nil {
+				tc.mutate(pod)
+			}
 			un, err := Uninject(pod, testConfig())
 			if err != nil || un.Removed || un.Pod != pod || len(un.Notes) > 0 {
 				t.Errorf("Uninject = %+v, %v; want the input pod untouched", un, err)
