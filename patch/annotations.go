@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -263,4 +264,96 @@ func parseList(v string, check func(string) string) ([]string, string) {
 		out = append(out, s)
 	}
 	return out, ""
+}
+
+// userAnnotations are the keys under Prefix that users write, in the
+// order the README lists them; AnnotationStatus and AnnotationFromWorkload
+// are written by the injector and the workload rule.
+var userAnnotations = []string{
+	AnnotationDirect, AnnotationSize, AnnotationStorageClass, AnnotationContainers,
+	AnnotationMode, AnnotationDRAMRatio, AnnotationClaim, AnnotationProcesses,
+}
+
+// maxUnknownWarnings bounds the warnings for unknown keys: a pod with
+// hundreds of them gets a summary, not hundreds of lines.
+const maxUnknownWarnings = 5
+
+// UnknownAnnotationWarnings warns about every annotation key under Prefix
+// that this project does not define (a misspelled `size` is otherwise
+// silently ignored and the default used), naming the key, the closest
+// known key when one is near, and the known keys. Sorted; each warning
+// fits the 256 characters the apiserver passes on.
+func UnknownAnnotationWarnings(annotations map[string]string) []string {
+	var unknown []string
+	for k := range annotations {
+		if !strings.HasPrefix(k, Prefix) || slices.Contains(userAnnotations, k) || k == AnnotationStatus || k == AnnotationFromWorkload {
+			continue
+		}
+		unknown = append(unknown, k)
+	}
+	slices.Sort(unknown)
+	var out []string
+	for n, k := range unknown {
+		if n == maxUnknownWarnings {
+			out = append(out, fmt.Sprintf("%d more annotations under %s are unknown and have no effect", len(unknown)-n, Prefix))
+			break
+		}
+		out = append(out, unknownAnnotationWarning(k))
+	}
+	return out
+}
+
+func unknownAnnotationWarning(key string) string {
+	name := strings.TrimPrefix(key, Prefix)
+	var known []string
+	for _, k := range userAnnotations {
+		known = append(known, strings.TrimPrefix(k, Prefix))
+	}
+	if key == LabelInjection {
+		return fmt.Sprintf("annotation %s has no effect: it is a namespace label (%s: disabled on the namespace)", key, key)
+	}
+	hint := ""
+	if s := closest(name, known); s != "" {
+		hint = fmt.Sprintf(" (did you mean %s%s?)", Prefix, s)
+	}
+	return fmt.Sprintf("annotation %s%s is unknown and has no effect%s; the %s keys are: %s",
+		Prefix, Abbreviate(name, 63), hint, Prefix, strings.Join(known, ", "))
+}
+
+// closest returns the known name nearest to name (case-insensitive edit
+// distance of at most 2, or at most a third of the name), or "".
+func closest(name string, known []string) string {
+	best, bestD := "", -1
+	lower := strings.ToLower(name)
+	for _, k := range known {
+		d := editDistance(lower, k)
+		if d <= max(2, len(k)/3) && (bestD < 0 || d < bestD) {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of two short strings (bytes).
+func editDistance(a, b string) int {
+	if len(a) > 100 {
+		return len(a) // far from every known key; bounds the work
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

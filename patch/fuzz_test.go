@@ -3,9 +3,13 @@ package patch
 import (
 	"encoding/json"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // FuzzParseOptions: any annotation values either parse or are refused
@@ -83,5 +87,28 @@ func FuzzApply(f *testing.F) {
 		if err != nil || again.Decision != AlreadyInjected || again.Pod != res.Pod {
 			t.Fatalf("second pass was not a no-op: %+v %v", again, err)
 		}
+
+		// The way back: without the opt-in, Uninject gives the input
+		// without the opt-in. Not exactly for an LD_PRELOAD that was
+		// empty or already named the preload (the same to the loader),
+		// and the kmem node selector is kept.
+		for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {
+			if v, ok := envOf(c.Env, EnvLDPreload); ok && (strings.TrimSpace(v) == "" || strings.Contains(v, PreloadLibrary)) {
+				return
+			}
+		}
+		off := dropOptIn(res.Pod)
+		un, err := Uninject(off, &cfg)
+		if err != nil || !un.Removed {
+			t.Fatalf("Uninject of an injected pod = %+v, %v", un, err)
+		}
+		want := dropOptIn(pod)
+		if res.Options.Mode == ModeKMEM {
+			want.Spec.NodeSelector = un.Pod.Spec.NodeSelector
+		}
+		if !equality.Semantic.DeepEqual(want, un.Pod) {
+			t.Fatalf("un-injected pod differs from the input:\n%s", cmp.Diff(want, un.Pod))
+		}
+		checkUninjectOperations(t, off, un.Pod)
 	})
 }

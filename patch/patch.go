@@ -96,6 +96,7 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 				res.Warnings = []string{LabelOptInWarning(v)}
 			}
 		}
+		res.Warnings = append(res.Warnings, UnknownAnnotationWarnings(pod.Annotations)...)
 		return res, nil
 	}
 	if marker := windowsMarker(pod); marker != "" {
@@ -120,10 +121,18 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 	// describes. A pod marked injected that has none of the pieces is
 	// injected as any other; one that has them is a no-op only if they are
 	// exactly what the current annotations and configuration produce.
+	var res *Result
 	if pod.Annotations[AnnotationStatus] == StatusInjected && hasInjectedPieces(pod, cfg) {
-		return checkInjected(pod, cfg, opts, processes)
+		res, err = checkInjected(pod, cfg, opts, processes)
+	} else {
+		res, err = inject(pod, cfg, opts, processes)
 	}
-	return inject(pod, cfg, opts, processes)
+	if err != nil {
+		return nil, err
+	}
+	// Misspelled keys first: a typo explains the rest (a default size).
+	res.Warnings = append(UnknownAnnotationWarnings(pod.Annotations), res.Warnings...)
+	return res, nil
 }
 
 func inject(pod *corev1.Pod, cfg *Config, opts *Options, processes []string) (*Result, error) {

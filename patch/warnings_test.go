@@ -27,6 +27,11 @@ func TestWarningsFitWithLongestNames(t *testing.T) {
 		{file: "redis-single.yaml", edit: func(p *corev1.Pod) {
 			p.Spec.Containers[0].Args = []string{"redis-server", "--daemonize", "yes"}
 		}},
+		// Unknown annotation keys: the longest name, and a suggestion.
+		{file: "redis-single.yaml", edit: func(p *corev1.Pod) {
+			p.Annotations[Prefix+strings.Repeat("x", 63)] = "1"
+			p.Annotations[Prefix+"storage-clas"] = "1"
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.file, func(t *testing.T) {

@@ -154,6 +154,12 @@ func ApplyWorkload(obj map[string]any, cfg *Config) (*WorkloadResult, error) {
 		ours = append(ours, strings.TrimPrefix(k, Prefix))
 	}
 	sort.Strings(res.Warnings)
+	// Misspelled keys, on the workload or its template: the pod rule says
+	// the same at pod creation, but nobody sees the warnings of pods a
+	// controller creates.
+	keys := maps.Clone(current)
+	maps.Copy(keys, own)
+	res.Warnings = append(res.Warnings, UnknownAnnotationWarnings(keys)...)
 	if len(ours) > 0 {
 		sort.Strings(ours)
 		want[AnnotationFromWorkload] = strings.Join(ours, ",")

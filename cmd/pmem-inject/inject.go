@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	jsonpatchapply "github.com/evanphx/json-patch/v5"
+	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
@@ -21,6 +22,22 @@ import (
 type injector struct {
 	cfg      *patch.Config
 	warnings io.Writer
+	// warned holds the warnings already printed: the workload rule and
+	// the pod rule both warn about an unknown annotation on a template.
+	warned map[string]bool
+}
+
+// warn prints a warning about the object header once.
+func (in *injector) warn(header, w string) {
+	line := fmt.Sprintf("warning: %s: %s\n", header, w)
+	if in.warned[line] {
+		return
+	}
+	if in.warned == nil {
+		in.warned = map[string]bool{}
+	}
+	in.warned[line] = true
+	fmt.Fprint(in.warnings, line)
 }
 
 // document is one YAML document of the input and what became of it.
@@ -180,8 +197,9 @@ func (in *injector) object(obj map[string]any, where string) (bool, error) {
 				fmt.Fprintf(in.warnings, "warning: %s: annotation %s on the %s's own metadata is not copied to its pod template (only built-in workload kinds are); put it on spec.template.metadata.annotations\n", header, k, kind)
 			}
 		}
+		optedIn := patch.NeedsAdmission(stringValues(patch.NestedObject(tmpl, "metadata"), "annotations"))
 		changed, err := in.template(tmpl, header, nil)
-		if changed {
+		if changed && optedIn {
 			fmt.Fprintf(in.warnings, "warning: %s: kind %s is not a built-in workload; its spec.template was injected as a pod template\n", header, kind)
 		}
 		return changed, err
@@ -192,7 +210,7 @@ func (in *injector) object(obj map[string]any, where string) (bool, error) {
 		return false, fmt.Errorf("%s: %w", header, err)
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintf(in.warnings, "warning: %s: %s\n", header, w)
+		in.warn(header, w)
 	}
 	tmpl := patch.NestedObject(obj, path...)
 	if tmpl == nil {
@@ -232,14 +250,34 @@ func (in *injector) template(tmpl map[string]any, header string, owner map[strin
 	// Warnings first: a pod that was not injected can carry one too (the
 	// opt-in written as a label).
 	for _, w := range res.Warnings {
-		fmt.Fprintf(in.warnings, "warning: %s: %s\n", header, w)
+		in.warn(header, w)
 	}
-	if res.Decision != patch.Injected {
+	var ops []jsonpatch.Operation
+	switch res.Decision {
+	case patch.Injected:
+		if ops, err = patch.Operations(pod, res.Pod); err != nil {
+			return false, fmt.Errorf("%s: %w", header, err)
+		}
+	case patch.NotRequested:
+		// The way back to DRAM for a manifest injected offline: the
+		// template itself carries the pieces, and the webhook never
+		// touches a pod without the opt-in.
+		un, err := patch.Uninject(pod, in.cfg)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", header, err)
+		}
+		if !un.Removed {
+			return false, nil
+		}
+		if ops, err = patch.UninjectOperations(pod, un.Pod); err != nil {
+			return false, fmt.Errorf("%s: %w", header, err)
+		}
+		fmt.Fprintf(in.warnings, "note: %s: no %s: \"true\": removed the PMEM injection (back to DRAM)\n", header, patch.AnnotationDirect)
+		for _, n := range un.Notes {
+			fmt.Fprintf(in.warnings, "note: %s: %s\n", header, n)
+		}
+	default:
 		return false, nil
-	}
-	ops, err := patch.Operations(pod, res.Pod)
-	if err != nil {
-		return false, fmt.Errorf("%s: %w", header, err)
 	}
 	opsJSON, err := json.Marshal(ops)
 	if err != nil {
@@ -271,6 +309,17 @@ func stringKeys(obj map[string]any, key string) map[string]bool {
 	m, _ := obj[key].(map[string]any)
 	for k := range m {
 		out[k] = true
+	}
+	return out
+}
+
+func stringValues(obj map[string]any, key string) map[string]string {
+	out := map[string]string{}
+	m, _ := obj[key].(map[string]any)
+	for k, v := range m {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		}
 	}
 	return out
 }
