@@ -19,6 +19,7 @@ import (
 	e2etypes "sigs.k8s.io/e2e-framework/pkg/types"
 
 	"github.com/pmem-webhook/pmem-webhook/cmd/pmem-inject/plugin"
+	"github.com/pmem-webhook/pmem-webhook/patch"
 )
 
 // kubeconfigFor writes a kubeconfig with cfg's credentials, for code that
@@ -118,6 +119,24 @@ func KubectlPmemEnableStatusDisable(env *Env) e2etypes.Feature {
 			out, _, err = kubectlPmem(ctx, t, append([]string{"status", "deployment/" + name, "-o", "yaml"}, flags...)...)
 			if err != nil || !strings.Contains(out, "injected: false") || !strings.Contains(out, "not requested") {
 				t.Errorf("status after disable: %v\n%s", err, out)
+			}
+
+			// Injected offline (the injector's output applied): the pieces are
+			// in the template, so disable cannot undo it and must say how.
+			off := deployment(ns, name+"-offline", redisContainer("512Mi"), map[string]string{patch.AnnotationDirect: "true"})
+			cfgInject := patch.DefaultConfig()
+			res, err := patch.Apply(&corev1.Pod{ObjectMeta: off.Spec.Template.ObjectMeta, Spec: off.Spec.Template.Spec}, &cfgInject)
+			if err != nil || res.Decision != patch.Injected {
+				t.Fatalf("offline injection: %v (%v)", err, res)
+			}
+			off.Spec.Template.ObjectMeta, off.Spec.Template.Spec = res.Pod.ObjectMeta, res.Pod.Spec
+			off.Annotations = map[string]string{patch.AnnotationDirect: "true"}
+			if err := c.Create(ctx, off); err != nil {
+				t.Fatalf("create offline-injected Deployment: %v", err)
+			}
+			out, stderr, err = kubectlPmem(ctx, t, append([]string{"disable", "deployment/" + off.Name}, flags...)...)
+			if err != nil || !strings.Contains(stderr, "was injected offline (kubectl pmem inject)") || !strings.Contains(stderr, "run kubectl pmem inject -f on it again") {
+				t.Errorf("disable of an offline-injected Deployment: %v\nstdout: %s\nstderr: %s", err, out, stderr)
 			}
 			return ctx
 		}).

@@ -227,6 +227,13 @@ func (o *options) annotate(ctx context.Context, enable bool, fs *pflag.FlagSet, 
 		}
 	}
 	sort.Strings(own)
+	// The status annotation on a template (not a pod) comes only from the
+	// offline injector: the pieces are in the template and no annotation
+	// change removes them.
+	if !enable && tmplAnn[patch.AnnotationStatus] == patch.StatusInjected {
+		fmt.Fprintf(stderr, "warning: the pod template of %s/%s was injected offline (kubectl pmem inject): its pods stay on PMEM; in the stored manifest remove %s, run kubectl pmem inject -f on it again (that removes the injected pieces) and apply it\n",
+			strings.ToLower(kind), name, patch.AnnotationDirect)
+	}
 	if len(own) > 0 {
 		fmt.Fprintf(stderr, "warning: the pod template of %s/%s sets %s itself; those win over the workload's annotations and are not changed by kubectl pmem: edit %s.metadata.annotations\n",
 			strings.ToLower(kind), name, strings.Join(own, ", "), strings.Join(path, "."))
