@@ -217,10 +217,7 @@ func TestShutdownDelayDrainsKeepAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	eventually(t, "ready", srv.Ready)
+	cancel, done := runReady(t, srv)
 
 	body, err := os.ReadFile(filepath.Join("..", "webhook", "testdata", "review-no-annotation.json"))
 	if err != nil {
@@ -264,4 +261,15 @@ func certDir(t *testing.T) (string, *certs.Bundle) {
 		t.Fatal(err)
 	}
 	return dir, b
+}
+
+// runReady starts srv.Run and waits until it reports ready; cancel stops it
+// and done receives Run's result.
+func runReady(t *testing.T, srv *Server) (context.CancelFunc, <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	eventually(t, "ready", srv.Ready)
+	return cancel, done
 }

@@ -91,10 +91,7 @@ func TestNoHandledAdmissionLostInShutdown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- srv.Run(ctx) }()
-		eventually(t, "ready", srv.Ready)
+		cancel, done := runReady(t, srv)
 
 		var (
 			mu      sync.Mutex
