@@ -303,12 +303,17 @@ func UnknownAnnotationWarnings(annotations map[string]string) []string {
 	return out
 }
 
-func unknownAnnotationWarning(key string) string {
-	name := strings.TrimPrefix(key, Prefix)
-	var known []string
-	for _, k := range userAnnotations {
-		known = append(known, strings.TrimPrefix(k, Prefix))
+// userAnnotationNames are userAnnotations without Prefix, for messages.
+var userAnnotationNames = func() []string {
+	names := make([]string, len(userAnnotations))
+	for i, k := range userAnnotations {
+		names[i] = strings.TrimPrefix(k, Prefix)
 	}
+	return names
+}()
+
+func unknownAnnotationWarning(key string) string {
+	name, known := strings.TrimPrefix(key, Prefix), userAnnotationNames
 	if key == LabelInjection {
 		return fmt.Sprintf("annotation %s has no effect: it is a namespace label (%s: disabled on the namespace)", key, key)
 	}

@@ -131,7 +131,9 @@ func Apply(pod *corev1.Pod, cfg *Config) (*Result, error) {
 		return nil, err
 	}
 	// Misspelled keys first: a typo explains the rest (a default size).
-	res.Warnings = append(UnknownAnnotationWarnings(pod.Annotations), res.Warnings...)
+	if u := UnknownAnnotationWarnings(pod.Annotations); len(u) > 0 {
+		res.Warnings = append(u, res.Warnings...)
+	}
 	return res, nil
 }
 

@@ -2,9 +2,7 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -131,9 +129,6 @@ func TestNoHandledAdmissionLostInShutdown(t *testing.T) {
 						failed[uid] = err
 					}
 					mu.Unlock()
-					if err != nil && errors.Is(err, context.Canceled) {
-						return
-					}
 				}
 			}()
 		}

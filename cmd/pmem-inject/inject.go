@@ -197,7 +197,8 @@ func (in *injector) object(obj map[string]any, where string) (bool, error) {
 				fmt.Fprintf(in.warnings, "warning: %s: annotation %s on the %s's own metadata is not copied to its pod template (only built-in workload kinds are); put it on spec.template.metadata.annotations\n", header, k, kind)
 			}
 		}
-		optedIn := patch.NeedsAdmission(stringValues(patch.NestedObject(tmpl, "metadata"), "annotations"))
+		direct, isString := patch.NestedObject(tmpl, "metadata", "annotations")[patch.AnnotationDirect].(string)
+		optedIn := isString && patch.DirectValueNeedsAdmission(direct)
 		changed, err := in.template(tmpl, header, nil)
 		if changed && optedIn {
 			fmt.Fprintf(in.warnings, "warning: %s: kind %s is not a built-in workload; its spec.template was injected as a pod template\n", header, kind)
@@ -309,17 +310,6 @@ func stringKeys(obj map[string]any, key string) map[string]bool {
 	m, _ := obj[key].(map[string]any)
 	for k := range m {
 		out[k] = true
-	}
-	return out
-}
-
-func stringValues(obj map[string]any, key string) map[string]string {
-	out := map[string]string{}
-	m, _ := obj[key].(map[string]any)
-	for k, v := range m {
-		if s, ok := v.(string); ok {
-			out[k] = s
-		}
 	}
 	return out
 }
