@@ -185,8 +185,9 @@ func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []stri
 	}
 	if diff := injectedDiff(pod, want.Pod); diff != "" {
 		return nil, deny("pod is marked %s=%s, but %s: the pod carries an injection made with other annotations or configuration. "+
-			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again (pmem-inject on the original manifest)",
-			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload)
+			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again. "+
+			"pmem-inject does the removal itself: in the stored manifest set %s to \"false\", run pmem-inject on it, set it back to \"true\" and run pmem-inject again",
+			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload, AnnotationDirect)
 	}
 	return &Result{Decision: AlreadyInjected, Pod: pod, Options: opts}, nil
 }

@@ -175,6 +175,43 @@ func TestUninjectDirectFalse(t *testing.T) {
 	}
 }
 
+// Field case 10b: an offline-injected template that later gets mode: kmem
+// is refused, and the refusal's route (opt-in "false", inject, "true",
+// inject) ends on a kmem injection with nothing of the fsdax one left.
+func TestReinjectRouteAfterModeChange(t *testing.T) {
+	dir := t.TempDir()
+	step := func(name, stream, from, to string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(strings.Replace(stream, from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	once, _, err := inject(t, "-f", "../../deploy/examples/redis-pmem.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := `pmem.alibabacloud.com/direct: "true"`
+	kmem := step("kmem.yaml", once, direct, direct+"\n        pmem.alibabacloud.com/mode: kmem")
+	_, _, err = inject(t, "-f", kmem)
+	if err == nil || !strings.Contains(err.Error(), `set pmem.alibabacloud.com/direct to "false", run pmem-inject on it`) {
+		t.Fatalf("err = %v, want the refusal naming the route", err)
+	}
+	stored, _ := os.ReadFile(kmem)
+	back, _, err := inject(t, "-f", step("false.yaml", string(stored), direct, `pmem.alibabacloud.com/direct: "false"`))
+	if err != nil {
+		t.Fatalf("step 1 (opt-in false): %v", err)
+	}
+	again, _, err := inject(t, "-f", step("true.yaml", back, `pmem.alibabacloud.com/direct: "false"`, direct))
+	if err != nil {
+		t.Fatalf("step 2 (opt-in true again): %v", err)
+	}
+	if !strings.Contains(again, "KIND:KMEM_DAX") || strings.Contains(again, "FS_DAX") || strings.Contains(again, "/mnt/pmem") {
+		t.Errorf("after the route the template is not a clean kmem injection:\n%s", again)
+	}
+}
+
 // The kmem node selector is not among the pieces removed (the user may
 // have written it): it stays, and the note says so.
 func TestUninjectKeepsKMEMNodeSelector(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -143,6 +144,26 @@ func (o *options) namespace() (string, error) {
 	return ns, err
 }
 
+// restConfig is the client configuration kubectl would use. With no
+// kubeconfig, no --server and not in a pod, client-go falls back to
+// http://localhost:8080, and the user sees only "connection refused" on a
+// URL they never typed; kubectl itself explains that case, and so do we.
+func (o *options) restConfig() (*rest.Config, error) {
+	raw, err := o.flags.ToRawKubeConfigLoader().RawConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	server := o.flags.APIServer != nil && *o.flags.APIServer != ""
+	if len(raw.Clusters) == 0 && !server && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return nil, errors.New("no cluster to talk to: no kubeconfig found (--kubeconfig, $KUBECONFIG or ~/.kube/config) and no --server; point kubectl at your cluster first (kubectl pmem uses the same settings)")
+	}
+	cfg, err := o.flags.ToRESTConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
 func parseWorkload(s string) (schema.GroupVersionResource, string, string, error) {
 	typ, name, ok := strings.Cut(s, "/")
 	if !ok || name == "" {
@@ -169,7 +190,7 @@ func (o *options) annotate(ctx context.Context, enable bool, fs *pflag.FlagSet, 
 	if err != nil {
 		return err
 	}
-	cfg, err := o.flags.ToRESTConfig()
+	cfg, err := o.restConfig()
 	if err != nil {
 		return err
 	}
@@ -264,7 +285,7 @@ func (o *options) status(ctx context.Context, workload string, stdout io.Writer)
 	if err != nil {
 		return err
 	}
-	cfg, err := o.flags.ToRESTConfig()
+	cfg, err := o.restConfig()
 	if err != nil {
 		return err
 	}

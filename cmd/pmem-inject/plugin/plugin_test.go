@@ -102,6 +102,42 @@ func TestRunUsage(t *testing.T) {
 	}
 }
 
+// TestNoCluster: with nothing naming a cluster, client-go would dial
+// http://localhost:8080; every subcommand that talks to the API server says
+// what is missing instead, and --server alone is enough to get past it.
+func TestNoCluster(t *testing.T) {
+	t.Setenv("HOME", t.TempDir()) // no ~/.kube/config
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	const missing = "no kubeconfig found (--kubeconfig, $KUBECONFIG or ~/.kube/config) and no --server"
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		notWant string
+	}{
+		{args: []string{"enable", "deployment/redis"}, want: missing},
+		{args: []string{"disable", "deploy/redis"}, want: missing},
+		{args: []string{"status"}, want: missing},
+		{args: []string{"status", "sts/db"}, want: missing},
+		// 127.0.0.1:1: nothing listens there; the error is then the dial's.
+		{args: []string{"status", "--server", "http://127.0.0.1:1"}, want: "127.0.0.1:1", notWant: missing},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := Run(context.Background(), tc.args, &out, &errOut)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tc.want)
+			}
+			if tc.notWant != "" && strings.Contains(err.Error(), tc.notWant) {
+				t.Errorf("err = %v, should not contain %q", err, tc.notWant)
+			}
+			if out.Len() != 0 {
+				t.Errorf("stdout = %q, want nothing", out.String())
+			}
+		})
+	}
+}
+
 // TestPlacementRecords: the preload's status files (padded with spaces,
 // several processes) become one line per process.
 func TestPlacementRecords(t *testing.T) {
