@@ -1883,11 +1883,16 @@ static void maybe_restore(void)
 // only the calling thread: a child has none (fork_child) and, being a
 // child, never starts one.
 
-long pmem_clone(unsigned long flags, void *stack_top, void (*fn)(void)) __attribute__((visibility("hidden")));
+// pmem_clone(flags, stack_top, fn, SYS_clone, SYS_exit): the numbers come
+// from the enum (TestKernelConstants checks them per architecture) rather
+// than being spelled in the assembly.
+long pmem_clone(unsigned long flags, void *stack_top, void (*fn)(void), long nr_clone, long nr_exit)
+	__attribute__((visibility("hidden")));
 #ifdef __x86_64__
-// rdi flags, rsi stack top, rdx fn. The child starts on the new stack with
-// fn at its top (16-byte aligned at the call, as the ABI wants), and exits
-// the thread (not the process) if fn returns.
+// rdi flags, rsi stack top, rdx fn, rcx nr_clone, r8 nr_exit. The child
+// starts on the new stack with fn and nr_exit at its top (16-byte aligned
+// at the call, as the ABI wants), and exits the thread (not the process)
+// if fn returns.
 __asm__(".pushsection .text\n"
 	".hidden pmem_clone\n"
 	".globl pmem_clone\n"
@@ -1896,7 +1901,8 @@ __asm__(".pushsection .text\n"
 	"	and $-16, %rsi\n"
 	"	sub $16, %rsi\n"
 	"	mov %rdx, (%rsi)\n"
-	"	mov $56, %eax\n" // clone(flags, stack, 0, 0, 0)
+	"	mov %r8, 8(%rsi)\n"
+	"	mov %rcx, %rax\n" // clone(flags, stack, 0, 0, 0)
 	"	xor %edx, %edx\n"
 	"	xor %r10d, %r10d\n"
 	"	xor %r8d, %r8d\n"
@@ -1905,13 +1911,14 @@ __asm__(".pushsection .text\n"
 	"	jnz 1f\n"
 	"	xor %ebp, %ebp\n"
 	"	call *(%rsp)\n"
-	"	mov $60, %eax\n" // exit (this thread)
+	"	mov 8(%rsp), %rax\n" // exit(0): this thread only
 	"	xor %edi, %edi\n"
 	"	syscall\n"
 	"	hlt\n"
 	"1:	ret\n"
 	".popsection\n");
 #else
+// x0 flags, x1 stack top, x2 fn, x3 nr_clone, x4 nr_exit.
 __asm__(".pushsection .text\n"
 	".hidden pmem_clone\n"
 	".globl pmem_clone\n"
@@ -1920,7 +1927,8 @@ __asm__(".pushsection .text\n"
 	"	and x1, x1, #-16\n"
 	"	sub x1, x1, #16\n"
 	"	str x2, [x1]\n"
-	"	mov x8, #220\n" // clone(flags, stack, 0, 0, 0)
+	"	str x4, [x1, #8]\n"
+	"	mov x8, x3\n" // clone(flags, stack, 0, 0, 0)
 	"	mov x2, #0\n"
 	"	mov x3, #0\n"
 	"	mov x4, #0\n"
@@ -1930,7 +1938,7 @@ __asm__(".pushsection .text\n"
 	"	mov x29, #0\n"
 	"	mov x30, #0\n"
 	"	blr x9\n"
-	"	mov x8, #93\n" // exit (this thread)
+	"	ldr x8, [sp, #8]\n" // exit(0): this thread only
 	"	mov x0, #0\n"
 	"	svc 0\n"
 	"1:	ret\n"
@@ -2028,7 +2036,7 @@ static void start_writeback_thread(void)
 	unsigned long all = ~0UL, old = 0;
 	sc6(SYS_rt_sigprocmask, SIG_BLOCK, (long)&all, (long)&old, 8, 0, 0);
 	long r = pmem_clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, stk + WB_STACK,
-			    wb_main);
+			    wb_main, SYS_clone, SYS_exit);
 	sc6(SYS_rt_sigprocmask, SIG_SETMASK, (long)&old, 0, 8, 0, 0);
 	if (r < 0) {
 		st.wb_err = -r;
