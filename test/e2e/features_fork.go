@@ -61,6 +61,12 @@ while [ "$(date +%%s)" -lt "$end" ]; do
   fi
 done
 echo "load_rounds=$n"
+# The child's exit (its pipe's EOF) can bring the write-back before Redis reaps the child (serverCron,
+# 10 times a second) and clears rdb_bgsave_in_progress: wait for that, bounded (10 s).
+for i in $(seq 100); do
+  redis-cli INFO persistence | tr -d '\r' | grep -q '^rdb_bgsave_in_progress:0' && break
+  sleep 0.1
+done
 redis-cli INFO persistence | tr -d '\r' | grep -E '^rdb_(bgsave_in_progress|last_bgsave_status|last_cow_size)' | sed 's/:/=/'
 exit 0`
 
