@@ -508,7 +508,9 @@ func TestLastPauses(t *testing.T) {
 // purpose, keeps it blocked. testdata/writeback_idle.c checks every page
 // afterwards, and (apphandler) that once the application installs its own
 // handler for 62 the preload stops for good, with the reason in the status
-// file, and never sends the signal. With the trigger in interposed calls
+// file, and never sends the signal; (blocker) that a thread that keeps 62
+// blocked and calls mmap/munmap runs the write-back itself (the fallback:
+// no pause can stop it). With the trigger in interposed calls
 // only (main before this change) the first case failed: "no write-back
 // within 20 s".
 func TestWriteBackIdle(t *testing.T) {
@@ -517,7 +519,7 @@ func TestWriteBackIdle(t *testing.T) {
 	if out, err := exec.Command("gcc", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", prog, "testdata/writeback_idle.c").CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
-	for _, mode := range []string{"plain", "apphandler"} {
+	for _, mode := range []string{"plain", "apphandler", "blocker"} {
 		t.Run(mode, func(t *testing.T) {
 			pmem := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -22,8 +22,14 @@
 // signal 62 and forks again: the preload must not send the signal any more
 // (the handler never runs) and must say why the heap stays private.
 //
-// Usage: writeback_idle PMEMDIR [apphandler]. Prints "PASS after_ms=N" or
-// exits 1.
+// blocker: the thread that blocks 62 alone lives on and, after the child
+// exits, maps and unmaps a page every 10 ms (what jemalloc's background
+// thread did when it purged): no pause can stop it, so the write-back must
+// run on it, in such a call (restore_last_thread=app), the one case where
+// an application thread still runs it.
+//
+// Usage: writeback_idle PMEMDIR [apphandler|blocker]. Prints "PASS
+// after_ms=N" or exits 1.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -76,7 +82,7 @@ static void *writer(void *arg) {
 }
 
 // A sleeper: no interposed call, ever (nanosleep only).
-static int tids[2], stop62;
+static int tids[2], stop62, calls62;
 static void *sleeper(void *arg) {
 	int *tid = arg;
 	if (tid == &tids[1]) {
@@ -86,8 +92,15 @@ static void *sleeper(void *arg) {
 		CHECK(pthread_sigmask(SIG_BLOCK, &s62, NULL) == 0, "block signal 62 alone");
 	}
 	__atomic_store_n(tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
-	while (!__atomic_load_n(tid == &tids[1] ? &stop62 : &stop, __ATOMIC_ACQUIRE))
+	while (!__atomic_load_n(tid == &tids[1] ? &stop62 : &stop, __ATOMIC_ACQUIRE)) {
+		if (tid == &tids[1] && __atomic_load_n(&calls62, __ATOMIC_ACQUIRE)) {
+			void *q = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			CHECK(q != MAP_FAILED && munmap(q, PG) == 0, "mmap/munmap on the thread that blocks 62");
+			usleep(10000);
+			continue;
+		}
 		usleep(1000);
+	}
 	return NULL;
 }
 
@@ -226,9 +239,10 @@ static pid_t forkwait(int *release) {
 }
 
 int main(int argc, char **argv) {
-	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler]");
+	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler|blocker]");
 	dir = argv[1];
 	int apphandler = argc == 3 && strcmp(argv[2], "apphandler") == 0;
+	int blocker = argc == 3 && strcmp(argv[2], "blocker") == 0;
 	CHECK(pipe(pfd) == 0, "pipe");
 	heap = mmap(NULL, (size_t)PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(heap != MAP_FAILED, "mmap heap");
@@ -251,8 +265,10 @@ int main(int argc, char **argv) {
 	unsigned long long m0 = sigblk(tids[0]), m1 = sigblk(tids[1]);
 	// A thread that blocks 62 cannot be paused: while it lives, only it
 	// could run the write-back. It ends before the fork.
-	__atomic_store_n(&stop62, 1, __ATOMIC_RELEASE);
-	CHECK(pthread_join(only62, NULL) == 0, "join only62");
+	if (!blocker) {
+		__atomic_store_n(&stop62, 1, __ATOMIC_RELEASE);
+		CHECK(pthread_join(only62, NULL) == 0, "join only62");
+	}
 
 	int release;
 	pid_t pid = forkwait(&release);
@@ -268,6 +284,7 @@ int main(int argc, char **argv) {
 	close(release);
 	int st;
 	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child saw the fork-time heap");
+	__atomic_store_n(&calls62, 1, __ATOMIC_RELEASE); // blocker: its calls start (after the child)
 	char shared[200];
 	long after = -1;
 	for (;;) {
@@ -288,6 +305,10 @@ int main(int argc, char **argv) {
 	}
 	__atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
 	CHECK(pthread_join(w, NULL) == 0 && pthread_join(bg, NULL) == 0, "join");
+	if (blocker) {
+		__atomic_store_n(&stop62, 1, __ATOMIC_RELEASE);
+		CHECK(pthread_join(only62, NULL) == 0, "join only62");
+	}
 	// The masks, checked after the write-back (which the first needs).
 	unsigned long long bit62 = 1ULL << 61, catchable = 0x7ffbfeffULL;
 	if ((m0 & catchable) != catchable || (m0 & bit62)) {
@@ -323,8 +344,9 @@ int main(int argc, char **argv) {
 	status("restore_last_thread", by, sizeof by);
 	long wtid = status_num("writeback_thread");
 	thread_comm((int)wtid, comm, sizeof comm);
-	if (strcmp(by, "writeback") != 0 || wtid <= 0 || strcmp(comm, "pmem-writeback") != 0) {
-		fprintf(stderr, "FAIL restore_last_thread=%s writeback_thread=%ld (comm %s): want the write-back thread\n", by, wtid, comm);
+	if (strcmp(by, blocker ? "app" : "writeback") != 0 || wtid <= 0 || strcmp(comm, "pmem-writeback") != 0) {
+		fprintf(stderr, "FAIL restore_last_thread=%s writeback_thread=%ld (comm %s): want %s\n", by, wtid, comm,
+			blocker ? "the thread that blocks 62 (app), the write-back thread running" : "the write-back thread");
 		exit(1);
 	}
 	if (apphandler) {
