@@ -430,22 +430,30 @@ func TestWriteBack(t *testing.T) {
 	for _, tc := range []struct {
 		name, precopy, budget, mode string
 		wantPrecopy                 bool
+		noThread                    bool // PMEM_WRITEBACK_THREAD=0: the write-back in interposed calls
 	}{
-		{"precopy", "", "", "plain", true},
-		{"pause only", "0", "", "plain", false},
-		{"precopy forced chunks", "", "1", "plain", true},
-		{"pause only forced chunks", "0", "1", "plain", false},
-		{"fork during chunks", "0", "1", "forkagain", false},
-		{"fork during chunks after precopy", "", "1", "forkagain", true},
-		{"pause timeout during chunks", "0", "1", "blocker", false},
+		{"precopy", "", "", "plain", true, false},
+		{"precopy without the write-back thread", "", "", "plain", true, true},
+		{"pause only forced chunks without the write-back thread", "0", "1", "plain", false, true},
+		{"pause only", "0", "", "plain", false, false},
+		{"precopy forced chunks", "", "1", "plain", true, false},
+		{"pause only forced chunks", "0", "1", "plain", false, false},
+		{"fork during chunks", "0", "1", "forkagain", false, false},
+		{"fork during chunks after precopy", "", "1", "forkagain", true, false},
+		{"pause timeout during chunks", "0", "1", "blocker", false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pmem := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, prog, pmem, tc.mode)
+			thread := ""
+			if tc.noThread {
+				thread = "0"
+			}
 			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
 				"PMEM_TARGET_PROCESSES=writeback", "PMEM_PRECOPY=" + tc.precopy, "PMEM_PAUSE_BUDGET_US=" + tc.budget,
+				"PMEM_WRITEBACK_THREAD=" + thread,
 				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
@@ -465,6 +473,13 @@ func TestWriteBack(t *testing.T) {
 			// With a budget of 1 µs each pause writes one piece (<= 256 KiB).
 			if want := (got["bytes_pause"] + 256<<10 - 1) / (256 << 10); tc.budget == "1" && got["pauses"] < want {
 				t.Errorf("PMEM_PAUSE_BUDGET_US=1: the last write-back wrote %d bytes in %d pause(s), want at least %d", got["bytes_pause"], got["pauses"], want)
+			}
+			// Where the write-back ran: the preload's thread, or (off)
+			// the program's trigger calls, as before that thread.
+			st := readStatus(t, pmem, cmd.Process.Pid)
+			if wantBy, off := "writeback", strings.HasPrefix(st["writeback_thread"], "0 (off: PMEM_WRITEBACK_THREAD=0"); tc.noThread && (st["restore_last_thread"] != "app" || !off) ||
+				!tc.noThread && (st["restore_last_thread"] != wantBy || off) {
+				t.Errorf("restore_last_thread=%q writeback_thread=%q (PMEM_WRITEBACK_THREAD=%s)", st["restore_last_thread"], st["writeback_thread"], thread)
 			}
 			if tc.mode != "plain" {
 				return // a second write-back (after the second child, or the retry) decides the rest

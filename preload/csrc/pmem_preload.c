@@ -349,7 +349,7 @@ static struct {
 	// (not started: no fork yet, a forked child, or clone failed: then
 	// wb_err is the errno and the write-back runs in interposed calls).
 	int wb_tid;
-	long wb_err;
+	long wb_err;  // > 0: clone's errno; -1: PMEM_WRITEBACK_THREAD=0
 	int last_by; // the last write-back ran on: 0 none yet, 1 the write-back thread, 2 an application thread
 } st;
 
@@ -509,8 +509,12 @@ static void write_status(void)
 	bs(&b, "\nwriteback_thread=");
 	bu(&b, (unsigned long)st.wb_tid);
 	if (st.wb_err) {
-		bs(&b, " (clone: errno ");
-		bu(&b, (unsigned long)st.wb_err);
+		if (st.wb_err < 0)
+			bs(&b, " (off: PMEM_WRITEBACK_THREAD=0");
+		else {
+			bs(&b, " (clone: errno ");
+			bu(&b, (unsigned long)st.wb_err);
+		}
 		bs(&b, "; the write-back runs in the application's mmap/munmap/madvise calls)");
 	}
 	bs(&b, "\nrestore_last_thread=");
@@ -2561,6 +2565,12 @@ __attribute__((constructor)) static void init(void)
 	// before it maps what it wrote shared and lets the threads run (0,
 	// unset, not a number or over 10 s: the default). Tests set 1 to force a chunk
 	// per piece.
+	// PMEM_WRITEBACK_THREAD=0: no write-back thread; the write-back runs
+	// in interposed calls, as when clone is refused (a way out, and what
+	// the tests use to keep that path covered).
+	const char *wt = env(environ, en, "PMEM_WRITEBACK_THREAD");
+	if (wt && wt[0] == '0' && !wt[1])
+		st.wb_err = -1;
 	const char *pb = env(environ, en, "PMEM_PAUSE_BUDGET_US");
 	unsigned long budget = 0;
 	if (!pb || parse_u(pb, slen(pb), &budget) || budget == 0 || budget > 10000000)
