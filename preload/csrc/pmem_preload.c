@@ -905,7 +905,9 @@ static void remap_private(void)
 // A child may read any heap page through the file until it exits or execs:
 // each fork gets an O_CLOEXEC pipe whose write end only the child keeps, so
 // EOF on the read end means "no longer sharing" without touching wait().
-// Then, in the next interposed call on a thread that can pause the others:
+// Then, on the preload's write-back thread (see "the write-back thread"; or,
+// without it, in the next interposed call on a thread that can pause the
+// others):
 // 1. pre-copy, with every thread running: pages zeroed meanwhile are
 //    punched, then rounds of "list the private pages written since the last
 //    round and write-protect them (PAGEMAP_SCAN + userfaultfd, asynchronous
@@ -923,6 +925,14 @@ static void remap_private(void)
 // Without userfaultfd or PAGEMAP_SCAN (seccomp, kernels before 6.7) step 1
 // is skipped and the pauses write every private page. Nothing here allocates:
 // buffers are static, one thread restores at a time (st.restoring).
+//
+// Locks: try_restore is entered with the lock held and returns with it
+// held; it drops it only for the pre-copy (st.restoring keeps every other
+// restore out meanwhile, and a fork then makes it start over), and holds it
+// from the first pause to the last, gaps included. fork_prepare takes and
+// releases it (never held across the fork). The write-back thread takes it
+// to reap and read the state, and never waits for anything else while
+// holding it; it ppolls and sleeps without it.
 
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
 static int read_file(const char *path, char *out, size_t cap);
