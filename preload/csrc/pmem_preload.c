@@ -15,7 +15,13 @@
 //
 // Activation. Only in a process whose /proc/self/comm is listed in
 // PMEM_TARGET_PROCESSES (comma list, default "redis-server,valkey-server").
-// Elsewhere every interposed call is the bare system call.
+// Elsewhere every interposed call is the bare system call (pthread_sigmask
+// and sigprocmask, also interposed, with the libc's semantics: see "the
+// signal mask").
+//
+// Threads. At its first fork an FS_DAX target starts one thread of the
+// preload's own, which writes the heap back after the children (see "the
+// write-back thread").
 //
 // Configuration: MEMKIND_MEM_TIERS as the webhook writes it (memkind syntax),
 // read from /proc/self/environ (no getenv: no libc).
