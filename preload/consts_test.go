@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,7 +25,18 @@ var kernelConstants = []string{
 	"O_RDONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_NONBLOCK", "O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW",
 	"AT_FDCWD", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE",
 	"EAGAIN", "ENOMEM", "EINVAL", "EPERM", "EACCES", "EROFS",
+	"SIG_BLOCK", "SIG_UNBLOCK", "SIG_SETMASK", "SIGKILL", "SIGSTOP",
+	"CLONE_VM", "CLONE_FS", "CLONE_FILES", "CLONE_SIGHAND", "CLONE_THREAD", "CLONE_SYSVSEM",
+	"PR_SET_NAME", "F_DUPFD_CLOEXEC", "POLLIN", "FUTEX_WAIT_PRIVATE", "FUTEX_WAKE_PRIVATE",
 }
+
+// headers declare kernelConstants and the SYS_ numbers for the target.
+const headers = "#define _GNU_SOURCE\n#include <errno.h>\n#include <fcntl.h>\n#include <sys/mman.h>\n#include <linux/falloc.h>\n" +
+	"#include <signal.h>\n#include <sched.h>\n#include <sys/prctl.h>\n#include <poll.h>\n#include <linux/futex.h>\n#include <sys/syscall.h>\n"
+
+// sysEnum finds the preload's system call numbers (SYS_x = n in its enum,
+// one per architecture) in its source as cc preprocesses it for its target.
+var sysEnum = regexp.MustCompile(`\b(SYS_[a-z0-9_]+) = ([0-9]+)`)
 
 // constOffset keeps every emitted value non-zero and positive, so the
 // compiler writes one data directive per value (no .zero runs).
@@ -42,7 +54,7 @@ func TestKernelConstants(t *testing.T) {
 				needCross(t, crossCC)
 			}
 			ours := preloadDefines(t, cc)
-			theirs := headerValues(t, cc)
+			theirs := headerValues(t, cc, kernelConstants)
 			for i, name := range kernelConstants {
 				v, ok := ours[name]
 				if !ok {
@@ -53,6 +65,30 @@ func TestKernelConstants(t *testing.T) {
 					t.Errorf("%s: the preload's %s = %#o, the target's headers say %#o", cc, name, v, theirs[i])
 				}
 			}
+			// Every system call number, the same way (a wrong one for
+			// an architecture calls another system call there).
+			src, err := exec.Command(cc, "-E", "-x", "c", filepath.Join("csrc", "pmem_preload.c")).Output()
+			if err != nil {
+				t.Fatalf("%s -E: %v", cc, err)
+			}
+			var names []string
+			nums := map[string]int64{}
+			for _, m := range sysEnum.FindAllStringSubmatch(string(src), -1) {
+				if _, dup := nums[m[1]]; !dup {
+					names = append(names, m[1])
+				}
+				nums[m[1]], _ = strconv.ParseInt(m[2], 10, 64)
+			}
+			if len(names) < 30 {
+				t.Fatalf("%s: found %d SYS_ numbers in the preprocessed preload, want its whole enum", cc, len(names))
+			}
+			sys := headerValues(t, cc, names)
+			for i, name := range names {
+				if nums[name] != sys[i] {
+					t.Errorf("%s: the preload's %s = %d, the target's <sys/syscall.h> says %d", cc, name, nums[name], sys[i])
+				}
+			}
+			t.Logf("%s: %d constants and %d system call numbers compared", cc, len(kernelConstants), len(names))
 		})
 	}
 }
@@ -80,14 +116,14 @@ func preloadDefines(t *testing.T, cc string) map[string]int64 {
 	return defs
 }
 
-// headerValues compiles an array of kernelConstants against the target
+// headerValues compiles an array of the named constants against the target
 // libc's headers and reads the values back from the assembly.
-func headerValues(t *testing.T, cc string) []int64 {
+func headerValues(t *testing.T, cc string, names []string) []int64 {
 	t.Helper()
 	var src strings.Builder
-	src.WriteString("#define _GNU_SOURCE\n#include <errno.h>\n#include <fcntl.h>\n#include <sys/mman.h>\n#include <linux/falloc.h>\n")
+	src.WriteString(headers)
 	src.WriteString("long pmem_consts[] = {\n")
-	for _, name := range kernelConstants {
+	for _, name := range names {
 		src.WriteString("\t(long)(" + name + ") + " + strconv.FormatInt(constOffset, 10) + "L,\n")
 	}
 	src.WriteString("};\n")
@@ -116,8 +152,8 @@ func headerValues(t *testing.T, cc string) []int64 {
 			in = false
 		}
 	}
-	if len(vals) != len(kernelConstants) {
-		t.Fatalf("%s: read %d values from the assembly, want %d:\n%s", cc, len(vals), len(kernelConstants), out)
+	if len(vals) != len(names) {
+		t.Fatalf("%s: read %d values from the assembly, want %d:\n%s", cc, len(vals), len(names), out)
 	}
 	return vals
 }

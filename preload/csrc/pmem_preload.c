@@ -15,7 +15,13 @@
 //
 // Activation. Only in a process whose /proc/self/comm is listed in
 // PMEM_TARGET_PROCESSES (comma list, default "redis-server,valkey-server").
-// Elsewhere every interposed call is the bare system call.
+// Elsewhere every interposed call is the bare system call (pthread_sigmask
+// and sigprocmask, also interposed, with the libc's semantics: see "the
+// signal mask").
+//
+// Threads. At its first fork an FS_DAX target starts one thread of the
+// preload's own, which writes the heap back after the children (see "the
+// write-back thread").
 //
 // Configuration: MEMKIND_MEM_TIERS as the webhook writes it (memkind syntax),
 // read from /proc/self/environ (no getenv: no libc).
@@ -70,6 +76,7 @@ enum {
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
 	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323, SYS_rt_sigprocmask = 14, SYS_futex = 202,
+	SYS_clone = 56, SYS_exit = 60, SYS_prctl = 157, SYS_ppoll = 271, SYS_fcntl = 72,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -90,6 +97,7 @@ enum {
 	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
+	SYS_clone = 220, SYS_exit = 93, SYS_prctl = 167, SYS_ppoll = 73, SYS_fcntl = 25,
 	SYS_pread64 = 67, SYS_getdents64 = 61, SYS_tgkill = 131, SYS_rt_sigaction = 134,
 	SYS_gettid = 178, SYS_clock_gettime = 113, SYS_sched_yield = 124,
 };
@@ -163,6 +171,20 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define MPOL_INTERLEAVE 3
 #define MPOL_PREFERRED_MANY 5
 #define MPOL_WEIGHTED_INTERLEAVE 6
+#define SIG_BLOCK 0
+#define SIG_UNBLOCK 1
+#define SIG_SETMASK 2
+#define SIGKILL 9
+#define SIGSTOP 19
+#define CLONE_VM 0x100
+#define CLONE_FS 0x200
+#define CLONE_FILES 0x400
+#define CLONE_SIGHAND 0x800
+#define CLONE_THREAD 0x10000
+#define CLONE_SYSVSEM 0x40000
+#define PR_SET_NAME 15
+#define F_DUPFD_CLOEXEC 1030
+#define POLLIN 1
 
 #define PAGE 4096UL
 
@@ -329,6 +351,12 @@ static struct {
 	size_t scr_lo, scr_hi; // pages of scratch in use until scrap_scratch
 	int pid;
 	unsigned long nodes_pmem, nodes_dram;
+	// The write-back thread (see "the write-back thread"): its tid, or 0
+	// (not started: no fork yet, a forked child, or clone failed: then
+	// wb_err is the errno and the write-back runs in interposed calls).
+	int wb_tid;
+	long wb_err;  // > 0: clone's errno; -1: PMEM_WRITEBACK_THREAD=0
+	int last_by; // the last write-back ran on: 0 none yet, 1 the write-back thread, 2 an application thread
 } st;
 
 static void cpu_relax(void)
@@ -484,6 +512,19 @@ static void write_status(void)
 	bu(&b, st.bytes_precopy);
 	bs(&b, "\nrestore_last_bytes_pause=");
 	bu(&b, st.bytes_pause);
+	bs(&b, "\nwriteback_thread=");
+	bu(&b, (unsigned long)st.wb_tid);
+	if (st.wb_err) {
+		if (st.wb_err < 0)
+			bs(&b, " (off: PMEM_WRITEBACK_THREAD=0");
+		else {
+			bs(&b, " (clone: errno ");
+			bu(&b, (unsigned long)st.wb_err);
+		}
+		bs(&b, "; the write-back runs in the application's mmap/munmap/madvise calls)");
+	}
+	bs(&b, "\nrestore_last_thread=");
+	bs(&b, st.last_by == 1 ? "writeback" : st.last_by == 2 ? "app" : "none");
 	bs(&b, "\nheap_shared=");
 	if (!st.privat)
 		bs(&b, "1");
@@ -870,7 +911,9 @@ static void remap_private(void)
 // A child may read any heap page through the file until it exits or execs:
 // each fork gets an O_CLOEXEC pipe whose write end only the child keeps, so
 // EOF on the read end means "no longer sharing" without touching wait().
-// Then, in the next interposed call on a thread that can pause the others:
+// Then, on the preload's write-back thread (see "the write-back thread"; or,
+// without it, in the next interposed call on a thread that can pause the
+// others):
 // 1. pre-copy, with every thread running: pages zeroed meanwhile are
 //    punched, then rounds of "list the private pages written since the last
 //    round and write-protect them (PAGEMAP_SCAN + userfaultfd, asynchronous
@@ -888,6 +931,14 @@ static void remap_private(void)
 // Without userfaultfd or PAGEMAP_SCAN (seccomp, kernels before 6.7) step 1
 // is skipped and the pauses write every private page. Nothing here allocates:
 // buffers are static, one thread restores at a time (st.restoring).
+//
+// Locks: try_restore is entered with the lock held and returns with it
+// held; it drops it only for the pre-copy (st.restoring keeps every other
+// restore out meanwhile, and a fork then makes it start over), and holds it
+// from the first pause to the last, gaps included. fork_prepare takes and
+// releases it (never held across the fork). The write-back thread takes it
+// to reap and read the state, and never waits for anything else while
+// holding it; it ppolls and sleeps without it.
 
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n);
 static int read_file(const char *path, char *out, size_t cap);
@@ -961,6 +1012,75 @@ static int install_handler(void)
 	return sc6(SYS_rt_sigaction, PAUSE_SIG, (long)&act, 0, 8, 0, 0) < 0 ? -1 : 1;
 }
 
+// pause_action returns the current handler of PAUSE_SIG (0: SIG_DFL), or
+// (void *)1 when it cannot be read. The application may install its own
+// handler after ours: a tgkill would then run its handler, not on_pause.
+static void *pause_action(void)
+{
+	struct {
+		void *h;
+		unsigned long flags, restorer, mask;
+	} old;
+	if (sc6(SYS_rt_sigaction, PAUSE_SIG, 0, (long)&old, 8, 0, 0) < 0)
+		return (void *)1;
+	return old.h;
+}
+
+// ---- the signal mask: keeping PAUSE_SIG deliverable ----------------------------------
+//
+// A thread that blocks PAUSE_SIG cannot be paused, so the write-back could
+// only run on that thread (see others_pausable). jemalloc creates its
+// background thread with every signal blocked (pthread_sigmask(SIG_SETMASK,
+// sigfillset) around pthread_create: the thread inherits the mask), and with
+// Redis that thread then had to run every write-back, at its next purge,
+// which same-size overwrites never bring (no write-back in 70 s, measured).
+// So the preload exports pthread_sigmask and sigprocmask and leaves
+// PAUSE_SIG out of a set that blocks "everything" (every catchable signal
+// 1-31: the sigfillset pattern), in an FS_DAX target that is not a forked
+// child, while signal 62 is not the application's. A set that names 62 on
+// purpose without blocking everything (to sigwait it, say) is left as is.
+// Otherwise the calls are libc's: glibc never blocks its internal signals
+// 32 (SIGCANCEL) and 33 (SIGSETXID) and returns the kernel's old mask; musl
+// (no __register_atfork) blocks what it is given and clears 32-34 from the
+// old mask it returns. The kernel checks `how` (EINVAL) only when there is
+// a new set, as both libcs do. Only the first 8 bytes of a sigset_t are the
+// kernel's (64 signals), as in both libcs.
+
+#define CATCHABLE_1_31 (0x7fffffffUL & ~(1UL << (SIGKILL - 1)) & ~(1UL << (SIGSTOP - 1)))
+
+static long sigmask_call(int how, const unsigned long *set, unsigned long *old)
+{
+	unsigned long n = 0;
+	const unsigned long *p = 0;
+	int glibc = __register_atfork != 0;
+	if (set) {
+		n = set[0];
+		if (glibc)
+			n &= ~((1UL << 31) | (1UL << 32)); // signals 32, 33
+		if (st.mode == FSDAX && !st.child && handler_ok >= 0 && (how == SIG_BLOCK || how == SIG_SETMASK) &&
+		    (n & CATCHABLE_1_31) == CATCHABLE_1_31 && (n >> (PAUSE_SIG - 1)) & 1) {
+			void *h = pause_action();
+			if (h == 0 || h == (void *)on_pause)
+				n &= ~(1UL << (PAUSE_SIG - 1));
+		}
+		p = &n;
+	}
+	long r = sc6(SYS_rt_sigprocmask, how, (long)p, (long)old, 8, 0, 0);
+	if (r == 0 && old && !glibc)
+		old[0] &= ~(7UL << 31); // signals 32-34
+	return r;
+}
+
+EXPORT int pthread_sigmask(int how, const unsigned long *set, unsigned long *old)
+{
+	long r = sigmask_call(how, set, old);
+	return r < 0 ? (int)-r : 0;
+}
+EXPORT int sigprocmask(int how, const unsigned long *set, unsigned long *old)
+{
+	return (int)set_errno(sigmask_call(how, set, old));
+}
+
 static long now_us(void)
 {
 	long ts[2] = {0, 0};
@@ -1010,7 +1130,10 @@ static int others_pausable(void)
 			unsigned short reclen = *(unsigned short *)(dents + o + 16);
 			const char *name = dents + o + 19;
 			unsigned long tid;
-			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self && blocks_pause(tid)) {
+			// The write-back thread blocks every signal, and pauses the
+			// others itself (or waits for the lock while another does).
+			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
+			    (int)tid != st.wb_tid && blocks_pause(tid)) {
 				sc(SYS_close, fd, 0, 0);
 				blocker = (int)tid; // retry when that thread calls us
 				return 0;
@@ -1019,6 +1142,7 @@ static int others_pausable(void)
 		}
 	}
 	sc(SYS_close, fd, 0, 0);
+	blocker = 0;
 	return 1;
 }
 
@@ -1049,7 +1173,7 @@ static int pause_others(long limit_us)
 			const char *name = dents + o + 19;
 			unsigned long tid;
 			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
-			    sc(SYS_tgkill, st.pid, tid, PAUSE_SIG) == 0)
+			    (int)tid != st.wb_tid && sc(SYS_tgkill, st.pid, tid, PAUSE_SIG) == 0)
 				n++;
 			o += reclen;
 		}
@@ -1500,10 +1624,18 @@ static void try_restore(void)
 		write_status();
 		return;
 	}
+	if (pause_action() != (void *)on_pause) {
+		handler_ok = -1; // and pthread_sigmask no longer unblocks it
+		st.norestore = 1;
+		setwhy("the application replaced the preload's signal 62 handler");
+		write_status();
+		return;
+	}
 	// A thread that cannot be paused: wait for it to call us (no pre-copy
 	// on a thread that then cannot finish the job).
 	if (!others_pausable()) {
 		st.restore_fail++;
+		write_status(); // bounded: the write-back thread retries at most every second
 		return;
 	}
 	int pm = sys_open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC, 0);
@@ -1559,7 +1691,7 @@ static void try_restore(void)
 	punch_zbits();
 	span(&lo, &hi);
 	st.ph_stop = st.ph_write = st.ph_remap = st.ph_pause = st.ph_longest = st.ph_longest_stop = st.ph_gaps = st.pauses = st.stop_retries = 0;
-	int ok = 1, timeout = 0, soft = 0;
+	int ok = 1, timeout = 0, soft = 0, lost = 0;
 	unsigned long w0 = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED);
 	size_t a = lo;
 	long ts = now_us(), t3 = ts;
@@ -1571,6 +1703,13 @@ static void try_restore(void)
 		// after STOP_SOFT_US, let everyone run and try again; only after
 		// STOP_SOFT_TRIES such tries in a row wait the full 200 ms.
 		int hard = soft >= STOP_SOFT_TRIES;
+		if (pause_action() != (void *)on_pause) {
+			// The application took signal 62 between two pauses: a
+			// tgkill would run its handler. Undo, and stop for good.
+			lost = 1;
+			ok = 0;
+			break;
+		}
 		int n = pause_others(hard ? 200000 : STOP_SOFT_US);
 		if (n < 0) {
 			// The threads that did stop were stopped this long: it
@@ -1671,7 +1810,9 @@ static void try_restore(void)
 	if (!ok) {
 		// A failed pwrite leaves the private pages authoritative: stay private.
 		st.norestore = 1;
-		setwhy("write-back to the heap file failed");
+		if (lost)
+			handler_ok = -1;
+		setwhy(lost ? "the application replaced the preload's signal 62 handler" : "write-back to the heap file failed");
 		write_status();
 		return;
 	}
@@ -1679,6 +1820,7 @@ static void try_restore(void)
 	punch_runs(st.dbits, 1);
 	st.privat = 0;
 	st.restores++;
+	st.last_by = st.wb_tid && (int)sc(SYS_gettid, 0, 0, 0) == st.wb_tid ? 1 : 2;
 	st.ph_punch = (unsigned long)(now_us() - t3);
 	write_status();
 }
@@ -1698,9 +1840,30 @@ static void reap(void)
 	}
 }
 
+// finish_restore frees what a write-back moved out of the heap; after
+// try_restore, with the lock released.
+static void finish_restore(void)
+{
+	// The private copies moved out of the heap: freeing them is the
+	// costly part of replacing a mapping, so it happens here, with
+	// neither the pause nor the lock held (st.restoring keeps every
+	// other restore out until it is done).
+	scrap_scratch();
+	if (st.uffd_close > 0)
+		sc(SYS_close, st.uffd_close - 1, 0, 0);
+	st.uffd_close = 0;
+	__atomic_store_n(&st.restoring, 0, __ATOMIC_RELEASE);
+}
+
+// maybe_restore runs the write-back in an interposed call: only where there
+// is no write-back thread (clone failed), or on a thread that still blocks
+// PAUSE_SIG (the application blocked it on purpose, or blocked it some way
+// the preload does not see): only that thread can then do it.
 static void maybe_restore(void)
 {
 	if (st.norestore || !st.privat || st.restoring)
+		return;
+	if (st.wb_tid && (!blocker || (int)sc(SYS_gettid, 0, 0, 0) != blocker))
 		return;
 	lock();
 	reap();
@@ -1716,17 +1879,191 @@ static void maybe_restore(void)
 	int scrap = st.scrap;
 	st.scrap = 0;
 	unlock();
-	if (scrap) {
-		// The private copies moved out of the heap: freeing them is the
-		// costly part of replacing a mapping, so it happens here, with
-		// neither the pause nor the lock held (st.restoring keeps every
-		// other restore out until it is done).
-		scrap_scratch();
-		if (st.uffd_close > 0)
-			sc(SYS_close, st.uffd_close - 1, 0, 0);
-		st.uffd_close = 0;
-		__atomic_store_n(&st.restoring, 0, __ATOMIC_RELEASE);
+	if (scrap)
+		finish_restore();
+}
+
+// ---- the write-back thread ---------------------------------------------------------
+//
+// The write-back used to run only inside an interposed mmap/munmap/madvise
+// call: an idle process, or a Redis whose allocator had nothing to purge,
+// kept its heap private (on DRAM) for good, and when the main thread was the
+// caller, clients waited through the whole pre-copy. So at its first fork an
+// FS_DAX target starts a thread of the preload's own (not every process:
+// the preload is in the entrypoint shell, grep, ... too) that waits for the
+// children's pipes and runs the write-back as soon as the last one is gone,
+// off the application's threads.
+//
+// It is a raw clone (no libc: no pthread_create), with the flags of a
+// thread (qemu-user accepts exactly this set as one), a stack from
+// sys_mmap (never the heap), and every signal blocked from its first
+// instruction: the creating thread blocks them all around the clone and
+// the new thread inherits that mask; it pauses the others and never needs
+// to be paused (pause_others and others_pausable skip its tid). fork copies
+// only the calling thread: a child has none (fork_child) and, being a
+// child, never starts one.
+
+// pmem_clone(flags, stack_top, fn, SYS_clone, SYS_exit): the numbers come
+// from the enum (TestKernelConstants checks them per architecture) rather
+// than being spelled in the assembly.
+long pmem_clone(unsigned long flags, void *stack_top, void (*fn)(void), long nr_clone, long nr_exit)
+	__attribute__((visibility("hidden")));
+#ifdef __x86_64__
+// rdi flags, rsi stack top, rdx fn, rcx nr_clone, r8 nr_exit. The child
+// starts on the new stack with fn and nr_exit at its top (16-byte aligned
+// at the call, as the ABI wants), and exits the thread (not the process)
+// if fn returns.
+__asm__(".pushsection .text\n"
+	".hidden pmem_clone\n"
+	".globl pmem_clone\n"
+	".type pmem_clone,@function\n"
+	"pmem_clone:\n"
+	"	and $-16, %rsi\n"
+	"	sub $16, %rsi\n"
+	"	mov %rdx, (%rsi)\n"
+	"	mov %r8, 8(%rsi)\n"
+	"	mov %rcx, %rax\n" // clone(flags, stack, 0, 0, 0)
+	"	xor %edx, %edx\n"
+	"	xor %r10d, %r10d\n"
+	"	xor %r8d, %r8d\n"
+	"	syscall\n"
+	"	test %rax, %rax\n"
+	"	jnz 1f\n"
+	"	xor %ebp, %ebp\n"
+	"	call *(%rsp)\n"
+	"	mov 8(%rsp), %rax\n" // exit(0): this thread only
+	"	xor %edi, %edi\n"
+	"	syscall\n"
+	"	hlt\n"
+	"1:	ret\n"
+	".popsection\n");
+#else
+// x0 flags, x1 stack top, x2 fn, x3 nr_clone, x4 nr_exit.
+__asm__(".pushsection .text\n"
+	".hidden pmem_clone\n"
+	".globl pmem_clone\n"
+	".type pmem_clone,%function\n"
+	"pmem_clone:\n"
+	"	and x1, x1, #-16\n"
+	"	sub x1, x1, #16\n"
+	"	str x2, [x1]\n"
+	"	str x4, [x1, #8]\n"
+	"	mov x8, x3\n" // clone(flags, stack, 0, 0, 0)
+	"	mov x2, #0\n"
+	"	mov x3, #0\n"
+	"	mov x4, #0\n"
+	"	svc 0\n"
+	"	cbnz x0, 1f\n"
+	"	ldr x9, [sp]\n"
+	"	mov x29, #0\n"
+	"	mov x30, #0\n"
+	"	blr x9\n"
+	"	ldr x8, [sp, #8]\n" // exit(0): this thread only
+	"	mov x0, #0\n"
+	"	svc 0\n"
+	"1:	ret\n"
+	".popsection\n");
+#endif
+
+#define WB_STACK (256UL << 10)
+static int wb_seq; // bumped (and woken) by fork_parent
+
+struct pollfd_k {
+	int fd;
+	short events, revents;
+};
+
+// wb_main is the write-back thread. It has no thread descriptor of its own:
+// without CLONE_SETTLS it shares the TLS pointer of the thread that made
+// it, so nothing on its path may touch TLS: no errno (set_errno), no libc
+// call, no stack protector (the build has -fno-stack-protector). It blocks
+// every signal, so no handler ever runs on it. Nothing here allocates.
+static void wb_main(void)
+{
+	sc(SYS_prctl, PR_SET_NAME, "pmem-writeback", 0); // top -H, ps -T
+	long backoff_ms = 0;
+	for (;;) {
+		lock();
+		reap();
+		int seq = __atomic_load_n(&wb_seq, __ATOMIC_ACQUIRE);
+		if (st.privat && st.nkids == 0 && !st.norestore && !st.restoring) {
+			unsigned long r0 = st.restores;
+			try_restore();
+			int scrap = st.scrap;
+			st.scrap = 0;
+			int again = st.restores != r0 || st.norestore || !st.privat || st.nkids > 0;
+			unlock();
+			if (scrap)
+				finish_restore();
+			if (again) {
+				backoff_ms = 0;
+				continue;
+			}
+			// A thread did not pause in time, or one blocks the signal
+			// (it may run the write-back itself, see maybe_restore):
+			// try again later, 50 ms doubling to 1 s (a fork wakes us).
+			backoff_ms = backoff_ms ? (backoff_ms * 2 > 1000 ? 1000 : backoff_ms * 2) : 50;
+			futex_wait(&wb_seq, seq, backoff_ms * 1000000L);
+			continue;
+		}
+		if (st.privat && st.nkids > 0 && !st.norestore) {
+			// Wait for EOF on our own copies of the read ends: another
+			// thread's reap() may close the originals meanwhile, and a
+			// number closed and reused for a socket would wake us up
+			// again and again. The timeout covers a fork adding a pipe.
+			struct pollfd_k p[8];
+			int n = 0;
+			for (int k = 0; k < st.nkids && n < 8; k++) {
+				long d = sc(SYS_fcntl, st.kids[k], F_DUPFD_CLOEXEC, 0);
+				if (d >= 0) {
+					p[n].fd = (int)d;
+					p[n].events = POLLIN;
+					p[n].revents = 0;
+					n++;
+				}
+			}
+			unlock();
+			long ts[2] = {1, 0};
+			sc6(SYS_ppoll, (long)p, n, (long)ts, 0, 8, 0);
+			for (int k = 0; k < n; k++)
+				sc(SYS_close, p[k].fd, 0, 0);
+			continue;
+		}
+		int busy = st.restoring; // an application thread is restoring
+		unlock();
+		futex_wait(&wb_seq, seq, busy ? 50000000L : 10000000000L);
 	}
+}
+
+// start_writeback_thread runs in fork_parent (lock held) at the first fork.
+// If clone fails (seccomp, EPERM, ENOSYS), the write-back stays in the
+// interposed calls, as before, and the status file says why.
+static void start_writeback_thread(void)
+{
+	char *stk = sys_mmap(0, WB_STACK, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (is_err(stk)) {
+		st.wb_err = -(long)stk;
+		return;
+	}
+	// The lowest page stays PROT_NONE: an overflow faults instead of
+	// writing into whatever lies below.
+	void *rw = sys_mmap(stk + PAGE, WB_STACK - PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	if (is_err(rw)) {
+		st.wb_err = -(long)rw;
+		sc(SYS_munmap, stk, WB_STACK, 0);
+		return;
+	}
+	unsigned long all = ~0UL, old = 0;
+	sc6(SYS_rt_sigprocmask, SIG_BLOCK, (long)&all, (long)&old, 8, 0, 0);
+	long r = pmem_clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM, stk + WB_STACK,
+			    wb_main, SYS_clone, SYS_exit);
+	sc6(SYS_rt_sigprocmask, SIG_SETMASK, (long)&old, 0, 8, 0, 0);
+	if (r < 0) {
+		st.wb_err = -r;
+		sc(SYS_munmap, stk, WB_STACK, 0);
+		return;
+	}
+	st.wb_tid = (int)r;
 }
 
 // ---- fork (FS_DAX) -----------------------------------------------------------------
@@ -1793,6 +2130,10 @@ static void fork_parent(void)
 				sc(SYS_close, pipe_w[k].fd, 0, 0);
 				pipe_w[k].tid = 0;
 			}
+		if (!st.wb_tid && !st.wb_err)
+			start_writeback_thread();
+		__atomic_add_fetch(&wb_seq, 1, __ATOMIC_RELEASE);
+		futex_wake(&wb_seq);
 		write_status();
 		if (st.forks == 1) {
 			struct buf b = {.n = 0};
@@ -1822,6 +2163,10 @@ static void fork_child(void)
 	for (int k = 0; k < st.nkids; k++)
 		sc(SYS_close, st.kids[k], 0, 0);
 	st.nkids = 0;
+	// fork copied only the calling thread: the parent's write-back thread
+	// is not here (a child never starts one: st.child).
+	st.wb_tid = 0;
+	blocker = 0;
 	__atomic_store_n(&st.lock, 0, __ATOMIC_RELEASE);
 }
 
@@ -2236,6 +2581,12 @@ __attribute__((constructor)) static void init(void)
 	// before it maps what it wrote shared and lets the threads run (0,
 	// unset, not a number or over 10 s: the default). Tests set 1 to force a chunk
 	// per piece.
+	// PMEM_WRITEBACK_THREAD=0: no write-back thread; the write-back runs
+	// in interposed calls, as when clone is refused (a way out, and what
+	// the tests use to keep that path covered).
+	const char *wt = env(environ, en, "PMEM_WRITEBACK_THREAD");
+	if (wt && wt[0] == '0' && !wt[1])
+		st.wb_err = -1;
 	const char *pb = env(environ, en, "PMEM_PAUSE_BUDGET_US");
 	unsigned long budget = 0;
 	if (!pb || parse_u(pb, slen(pb), &budget) || budget == 0 || budget > 10000000)
