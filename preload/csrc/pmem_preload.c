@@ -77,6 +77,7 @@ enum {
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
 	SYS_geteuid = 107, SYS_mkdirat = 258, SYS_fchmod = 91, SYS_ioctl = 16, SYS_userfaultfd = 323, SYS_rt_sigprocmask = 14, SYS_futex = 202,
 	SYS_clone = 56, SYS_exit = 60, SYS_prctl = 157, SYS_ppoll = 271, SYS_fcntl = 72,
+	SYS_readv = 19, SYS_rt_sigtimedwait = 128,
 };
 static long sc6(long n, long a, long b, long c, long d, long e, long f)
 {
@@ -98,6 +99,7 @@ enum {
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
 	SYS_clone = 220, SYS_exit = 93, SYS_prctl = 167, SYS_ppoll = 73, SYS_fcntl = 25,
+	SYS_readv = 65, SYS_rt_sigtimedwait = 137,
 	SYS_pread64 = 67, SYS_getdents64 = 61, SYS_tgkill = 131, SYS_rt_sigaction = 134,
 	SYS_gettid = 178, SYS_clock_gettime = 113, SYS_sched_yield = 124,
 };
@@ -164,6 +166,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define ENOMEM 12
 #define EINVAL 22
 #define EPERM 1
+#define ESRCH 3
 #define EACCES 13
 #define EROFS 30
 #define MPOL_PREFERRED 1
@@ -1035,8 +1038,10 @@ static void *pause_action(void)
 // Redis that thread then had to run every write-back, at its next purge,
 // which same-size overwrites never bring (no write-back in 70 s, measured).
 // So the preload exports pthread_sigmask and sigprocmask and leaves
-// PAUSE_SIG out of a set that blocks "everything" (every catchable signal
-// 1-31: the sigfillset pattern), in an FS_DAX target that is not a forked
+// PAUSE_SIG out of a set that blocks "everything" (every asynchronous
+// signal 1-31: the sigfillset pattern, also with the synchronous ones
+// SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV, SIGSYS taken out again, which
+// blocking would not stop anyway), in an FS_DAX target that is not a forked
 // child, while signal 62 is not the application's. A set that names 62 on
 // purpose without blocking everything (to sigwait it, say) is left as is.
 // Otherwise the calls are libc's: glibc never blocks its internal signals
@@ -1046,7 +1051,12 @@ static void *pause_action(void)
 // a new set, as both libcs do. Only the first 8 bytes of a sigset_t are the
 // kernel's (64 signals), as in both libcs.
 
-#define CATCHABLE_1_31 (0x7fffffffUL & ~(1UL << (SIGKILL - 1)) & ~(1UL << (SIGSTOP - 1)))
+#define SIGBIT(s) (1UL << ((s) - 1))
+// SIGKILL, SIGSTOP (never blockable) and SIGILL 4, SIGTRAP 5, SIGBUS 7,
+// SIGFPE 8, SIGSEGV 11, SIGSYS 31 (raised by the faulting instruction).
+#define ASYNC_1_31                                                                                                   \
+	(0x7fffffffUL & ~(SIGBIT(SIGKILL) | SIGBIT(SIGSTOP) | SIGBIT(4) | SIGBIT(5) | SIGBIT(7) | SIGBIT(8) |          \
+			  SIGBIT(11) | SIGBIT(31)))
 
 static long sigmask_call(int how, const unsigned long *set, unsigned long *old)
 {
@@ -1058,7 +1068,7 @@ static long sigmask_call(int how, const unsigned long *set, unsigned long *old)
 		if (glibc)
 			n &= ~((1UL << 31) | (1UL << 32)); // signals 32, 33
 		if (st.mode == FSDAX && !st.child && handler_ok >= 0 && (how == SIG_BLOCK || how == SIG_SETMASK) &&
-		    (n & CATCHABLE_1_31) == CATCHABLE_1_31 && (n >> (PAUSE_SIG - 1)) & 1) {
+		    (n & ASYNC_1_31) == ASYNC_1_31 && (n >> (PAUSE_SIG - 1)) & 1) {
 			void *h = pause_action();
 			if (h == 0 || h == (void *)on_pause)
 				n &= ~(1UL << (PAUSE_SIG - 1));
@@ -1113,8 +1123,80 @@ static int blocks_pause(unsigned long tid)
 	return 1; // unknown: assume it cannot be paused
 }
 
+// hex_at parses the 0x-prefixed hex number at b[*i] (as /proc writes
+// them), moving *i past it and one separator. Returns 0 if there is none.
+static unsigned long hex_at(const char *b, int n, int *i)
+{
+	unsigned long v = 0;
+	int j = *i;
+	if (j + 2 > n || b[j] != '0' || b[j + 1] != 'x')
+		return 0;
+	for (j += 2; j < n && ((b[j] >= '0' && b[j] <= '9') || (b[j] >= 'a' && b[j] <= 'f')); j++)
+		v = v * 16 + (unsigned long)(b[j] <= '9' ? b[j] - '0' : b[j] - 'a' + 10);
+	*i = j + 1;
+	return v;
+}
+
+// takes_pause_sig reports whether thread tid sits in a system call that
+// would take PAUSE_SIG as its own result, so that on_pause never runs:
+// sigwait/sigwaitinfo/sigtimedwait (rt_sigtimedwait) on a set with 62, or a
+// blocking read of a signalfd whose mask has 62. Such a wait shows its set
+// as unblocked in SigBlk, so blocks_pause counts the usual "signal thread"
+// (every signal blocked, then sigwaitinfo on all of them) as pausable, and
+// each pause's tgkill came back to the application as a signal 62 while
+// the pause timed out (found in review: 267 in 5 s). The thread may enter
+// such a wait after this check; then a pause times out and the retry finds
+// it here. /proc/self/task/TID/syscall: "NR 0xARG1 ... 0xSP 0xPC" while in a
+// system call, "running" or "-1 ..." otherwise (readable within the thread
+// group). The wait set is read through /proc/self/mem: the other thread's
+// memory may be gone by then, and pread fails where a load would fault.
+static int takes_pause_sig(unsigned long tid)
+{
+	static char b[256];
+	struct buf x = {.n = 0};
+	bs(&x, "/proc/self/task/");
+	bu(&x, tid);
+	bs(&x, "/syscall");
+	x.b[x.n] = 0;
+	int n = read_file(x.b, b, sizeof b), i = 0;
+	unsigned long nr = 0;
+	for (; i < n && b[i] >= '0' && b[i] <= '9'; i++)
+		nr = nr * 10 + (unsigned long)(b[i] - '0');
+	if (i == 0 || i >= n || b[i] != ' ')
+		return 0; // "running", "-1 ...": not in a system call
+	i++;
+	unsigned long arg1 = hex_at(b, n, &i);
+	if (nr == SYS_rt_sigtimedwait) {
+		unsigned long set = 0;
+		int mem = sys_open("/proc/self/mem", O_RDONLY | O_CLOEXEC, 0);
+		if (mem < 0)
+			return 1; // cannot tell: assume it takes the signal
+		long r = arg1 ? sc6(SYS_pread64, mem, (long)&set, 8, (long)arg1, 0, 0) : -1;
+		sc(SYS_close, mem, 0, 0);
+		return r != 8 || ((set >> (PAUSE_SIG - 1)) & 1);
+	}
+	if (nr == SYS_read || nr == SYS_readv) {
+		// fdinfo of a signalfd has "sigmask:\t<hex>"; other files have none.
+		static char f[1024];
+		struct buf y = {.n = 0};
+		bs(&y, "/proc/self/fdinfo/");
+		bu(&y, arg1);
+		y.b[y.n] = 0;
+		int m = read_file(y.b, f, sizeof f);
+		for (int k = 0; k + 9 < m; k++)
+			if (prefix(f + k, (size_t)(m - k), "sigmask:\t")) {
+				unsigned long v = 0;
+				for (int j = k + 9; j < m && f[j] != '\n'; j++)
+					v = v * 16 + (unsigned long)(f[j] <= '9' ? f[j] - '0' : f[j] - 'a' + 10);
+				return (v >> (PAUSE_SIG - 1)) & 1;
+			}
+	}
+	return 0;
+}
+
 // others_pausable reports whether every other thread accepts PAUSE_SIG; if
-// one blocks it, that thread is remembered: the write-back runs when it calls.
+// one blocks it, or waits for it (takes_pause_sig), that thread is
+// remembered: the write-back runs when it calls.
 static int others_pausable(void)
 {
 	static char dents[4096];
@@ -1133,7 +1215,7 @@ static int others_pausable(void)
 			// The write-back thread blocks every signal, and pauses the
 			// others itself (or waits for the lock while another does).
 			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
-			    (int)tid != st.wb_tid && blocks_pause(tid)) {
+			    (int)tid != st.wb_tid && (blocks_pause(tid) || takes_pause_sig(tid))) {
 				sc(SYS_close, fd, 0, 0);
 				blocker = (int)tid; // retry when that thread calls us
 				return 0;
@@ -1159,7 +1241,7 @@ static void resume_others(void)
 static int pause_others(long limit_us)
 {
 	static char dents[4096];
-	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0;
+	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0, unsent = 0;
 	int fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
@@ -1173,12 +1255,24 @@ static int pause_others(long limit_us)
 			const char *name = dents + o + 19;
 			unsigned long tid;
 			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
-			    (int)tid != st.wb_tid && sc(SYS_tgkill, st.pid, tid, PAUSE_SIG) == 0)
-				n++;
+			    (int)tid != st.wb_tid) {
+				// ESRCH: the thread has exited. Any other failure
+				// (EAGAIN: RLIMIT_SIGPENDING used up) would leave a
+				// running thread out of the pause: give the pause up.
+				long r = sc(SYS_tgkill, st.pid, tid, PAUSE_SIG);
+				if (r == 0)
+					n++;
+				else if (r != -ESRCH)
+					unsent = 1;
+			}
 			o += reclen;
 		}
 	}
 	sc(SYS_close, fd, 0, 0);
+	if (unsent) {
+		resume_others();
+		return -1;
+	}
 	long t0 = now_us();
 	for (int p; (p = __atomic_load_n(&paused, __ATOMIC_SEQ_CST)) < n;) {
 		long left = limit_us - (now_us() - t0);
@@ -1614,8 +1708,10 @@ static void reap(void);
 
 // try_restore runs with the lock held and no child left. It may drop the
 // lock for the pre-copy (st.restoring keeps other threads out meanwhile).
+static int stop_timed_out; // the last try_restore gave up a full-length stop (costly: retry slowly)
 static void try_restore(void)
 {
+	stop_timed_out = 0;
 	if (handler_ok == 0)
 		handler_ok = install_handler();
 	if (handler_ok < 0) {
@@ -1804,6 +1900,7 @@ static void try_restore(void)
 		st.restore_max_ms = (unsigned long)ms;
 	if (timeout) {
 		st.restore_fail++; // retried later; the heap stays private meanwhile
+		stop_timed_out = 1;
 		write_status();
 		return;
 	}
@@ -1999,10 +2096,15 @@ static void wb_main(void)
 				backoff_ms = 0;
 				continue;
 			}
-			// A thread did not pause in time, or one blocks the signal
-			// (it may run the write-back itself, see maybe_restore):
-			// try again later, 50 ms doubling to 1 s (a fork wakes us).
-			backoff_ms = backoff_ms ? (backoff_ms * 2 > 1000 ? 1000 : backoff_ms * 2) : 50;
+			// A thread blocks the signal or waits for it (it may run
+			// the write-back itself, see maybe_restore): a cheap check,
+			// tried again after 50 ms doubling to 1 s. A thread that
+			// looked pausable but did not stop in time cost every other
+			// thread a stop of up to 200 ms: 1 s doubling to 64 s, so
+			// such a process is not stalled for good every second
+			// (found in review). A fork wakes us either way.
+			long lo = stop_timed_out ? 1000 : 50, hi = stop_timed_out ? 64000 : 1000;
+			backoff_ms = backoff_ms < lo ? lo : (backoff_ms * 2 > hi ? hi : backoff_ms * 2);
 			futex_wait(&wb_seq, seq, backoff_ms * 1000000L);
 			continue;
 		}
@@ -2064,6 +2166,7 @@ static void start_writeback_thread(void)
 		return;
 	}
 	st.wb_tid = (int)r;
+	st.wb_err = 0;
 }
 
 // ---- fork (FS_DAX) -----------------------------------------------------------------
@@ -2130,7 +2233,10 @@ static void fork_parent(void)
 				sc(SYS_close, pipe_w[k].fd, 0, 0);
 				pipe_w[k].tid = 0;
 			}
-		if (!st.wb_tid && !st.wb_err)
+		// EAGAIN (a pids limit: the fork just took a pid) and ENOMEM
+		// pass: try again at the next fork. EPERM, ENOSYS (seccomp) and
+		// PMEM_WRITEBACK_THREAD=0 (-1) are for good.
+		if (!st.wb_tid && (st.wb_err == 0 || st.wb_err == EAGAIN || st.wb_err == ENOMEM))
 			start_writeback_thread();
 		__atomic_add_fetch(&wb_seq, 1, __ATOMIC_RELEASE);
 		futex_wake(&wb_seq);

@@ -28,7 +28,14 @@
 // run on it, in such a call (restore_last_thread=app), the one case where
 // an application thread still runs it.
 //
-// Usage: writeback_idle PMEMDIR [apphandler|blocker]. Prints "PASS
+// sigwaiter: a "signal thread" (created with every signal blocked, then
+// sigwaitinfo on every signal, 62 included) waits through the child's exit:
+// it must never be handed a signal 62 (the kernel shows a sigwait's set as
+// unblocked, and each pause's tgkill used to end up in its sigwaitinfo; found
+// in review), the write-back must wait while it waits (it cannot be paused),
+// and come once it has stopped waiting.
+//
+// Usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter]. Prints "PASS
 // after_ms=N" or exits 1.
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -102,6 +109,24 @@ static void *sleeper(void *arg) {
 		usleep(1000);
 	}
 	return NULL;
+}
+
+// The signal thread: every signal blocked (set before it was created),
+// sigwaitinfo on all of them until SIGUSR1.
+static int got62, waiting;
+static void *sigwaiter(void *arg) {
+	(void)arg;
+	sigset_t all;
+	sigfillset(&all);
+	__atomic_store_n(&waiting, 1, __ATOMIC_RELEASE);
+	for (;;) {
+		siginfo_t si;
+		int s = sigwaitinfo(&all, &si);
+		if (s == 62)
+			__atomic_add_fetch(&got62, 1, __ATOMIC_RELAXED);
+		if (s == SIGUSR1)
+			return NULL;
+	}
 }
 
 // status reads one key of the status file (raw open/read).
@@ -239,10 +264,11 @@ static pid_t forkwait(int *release) {
 }
 
 int main(int argc, char **argv) {
-	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler|blocker]");
+	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter]");
 	dir = argv[1];
 	int apphandler = argc == 3 && strcmp(argv[2], "apphandler") == 0;
 	int blocker = argc == 3 && strcmp(argv[2], "blocker") == 0;
+	int waiter = argc == 3 && strcmp(argv[2], "sigwaiter") == 0;
 	CHECK(pipe(pfd) == 0, "pipe");
 	heap = mmap(NULL, (size_t)PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(heap != MAP_FAILED, "mmap heap");
@@ -256,6 +282,9 @@ int main(int argc, char **argv) {
 	sigfillset(&all);
 	CHECK(pthread_sigmask(SIG_SETMASK, &all, &old) == 0, "block everything (jemalloc's way)");
 	CHECK(pthread_create(&bg, NULL, sleeper, &tids[0]) == 0, "pthread_create bg");
+	pthread_t sw;
+	if (waiter)
+		CHECK(pthread_create(&sw, NULL, sigwaiter, NULL) == 0, "pthread_create sigwaiter");
 	CHECK(pthread_sigmask(SIG_SETMASK, &old, NULL) == 0, "restore the mask");
 	CHECK(pthread_create(&only62, NULL, sleeper, &tids[1]) == 0, "pthread_create only62");
 	CHECK(pthread_create(&w, NULL, writer, NULL) == 0, "pthread_create writer");
@@ -286,6 +315,22 @@ int main(int argc, char **argv) {
 	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child saw the fork-time heap");
 	__atomic_store_n(&calls62, 1, __ATOMIC_RELEASE); // blocker: its calls start (after the child)
 	char shared[200];
+	if (waiter) {
+		// 1.5 s: the write-back thread tries (and retries) meanwhile. A
+		// pause's signal cuts a usleep short: sleep to a deadline.
+		for (long d = now_ms() + 1500; now_ms() < d;)
+			usleep(10000);
+		status("heap_shared", shared, sizeof shared);
+		int n62 = __atomic_load_n(&got62, __ATOMIC_RELAXED);
+		if (n62 != 0 || !__atomic_load_n(&waiting, __ATOMIC_ACQUIRE) || status_num("restores") != 0) {
+			fprintf(stderr, "FAIL with a thread in sigwaitinfo on every signal: it was handed signal 62 %d times, "
+					"restores=%ld heap_shared=%s (want 0 times and no write-back while it waits)\n",
+				n62, status_num("restores"), shared);
+			exit(1);
+		}
+		CHECK(pthread_kill(sw, SIGUSR1) == 0 && pthread_join(sw, NULL) == 0, "end the signal thread's wait");
+		t0 = now_ms();
+	}
 	long after = -1;
 	for (;;) {
 		status("heap_shared", shared, sizeof shared);

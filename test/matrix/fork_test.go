@@ -247,10 +247,9 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 		return
 	}
 
-	// The write-back runs in an interposed mmap/munmap/madvise after the
-	// child is gone, on a thread that can pause the others (jemalloc's
-	// background thread purging: seconds). Rewriting every value frees
-	// pages. Bounded in rounds and time.
+	// The write-back runs on the preload's own thread once the child is
+	// gone (usually before the next save; static: none). The load goes on
+	// until the status shows it. Bounded in rounds and time.
 	var st map[string]string
 	wbDeadline := time.Now().Add(forkWriteBackTime)
 	for i := 0; i < forkWriteBackRounds && time.Now().Before(wbDeadline); i++ {
