@@ -231,7 +231,7 @@ func TestStatusAnnotationNotTrustedAlone(t *testing.T) {
 		{name: "truly injected native sidecar", file: "native-sidecar-after-init.yaml", mutate: func(*corev1.Pod) {}},
 		{name: "truly injected kmem", file: "kmem.yaml", mutate: func(*corev1.Pod) {}},
 		{name: "fsdax then mode kmem", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Annotations[AnnotationMode] = "kmem" },
-			want: []string{`pod is marked pmem.alibabacloud.com/status=injected, but container "redis" has MEMKIND_MEM_TIERS="KIND:FS_DAX`, `where the current annotations give "KIND:KMEM_DAX`, "inject again", `set pmem.alibabacloud.com/direct to "false"`}},
+			want: []string{`pod is marked pmem.alibabacloud.com/status=injected, but container "redis" has MEMKIND_MEM_TIERS="KIND:FS_DAX`, `where the current annotations, resources and injector settings give "KIND:KMEM_DAX`, "inject again", `set pmem.alibabacloud.com/direct to "false"`}},
 		{name: "size changed", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Annotations[AnnotationSize] = "8Gi" },
 			want: []string{"PMEM_SIZE_LIMIT"}},
 		{name: "env lost", file: "redis-single.yaml", mutate: func(p *corev1.Pod) { p.Spec.Containers[0].Env = nil },

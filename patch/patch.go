@@ -186,7 +186,7 @@ func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []stri
 	if diff := injectedDiff(pod, want.Pod); diff != "" {
 		return nil, deny("pod is marked %s=%s, but %s: the pod carries an injection made with other annotations or configuration. "+
 			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again. "+
-			"pmem-inject does the removal itself: in the stored manifest set %s to \"false\", run pmem-inject on it, set it back to \"true\" and run pmem-inject again",
+			"The offline injector (pmem-inject, or kubectl pmem inject) does the removal itself: in the stored manifest set %s to \"false\", run it on the manifest, set it back to \"true\" and run it again",
 			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload, AnnotationDirect)
 	}
 	return &Result{Decision: AlreadyInjected, Pod: pod, Options: opts}, nil
@@ -253,11 +253,11 @@ func injectedDiff(have, want *corev1.Pod) string {
 				case hok && !wok:
 					return fmt.Sprintf("container %q has %s=%q, which the current annotations do not set", hc.Name, name, Abbreviate(hv, 100))
 				case hv != wv:
-					return fmt.Sprintf("container %q has %s=%q where the current annotations give %q", hc.Name, name, Abbreviate(hv, 100), Abbreviate(wv, 100))
+					return fmt.Sprintf("container %q has %s=%q where the current annotations, resources and injector settings give %q", hc.Name, name, Abbreviate(hv, 100), Abbreviate(wv, 100))
 				}
 			}
 			if !slices.Equal(ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts)) {
-				return fmt.Sprintf("container %q mounts %v where the current annotations give %v", hc.Name, ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts))
+				return fmt.Sprintf("container %q mounts %v where the current annotations, resources and injector settings give %v", hc.Name, ownMounts(hc.VolumeMounts), ownMounts(wc.VolumeMounts))
 			}
 		}
 	}
@@ -612,6 +612,12 @@ func (in *injection) plan() error {
 			}
 		}
 		in.warn("mode kmem: added nodeSelector %s so the pod lands on nodes whose PMEM is onlined as a NUMA node", FormatSelector(in.cfg.KMEMNodeSelector))
+	}
+	// Un-injecting a kmem template keeps the selector (it may be the
+	// user's), so a switch back to fsdax can leave the pod pinned to the
+	// nodes meant for kmem.
+	if in.opts.Mode == ModeFSDAX && len(in.cfg.KMEMNodeSelector) > 0 && hasAll(in.pod.Spec.NodeSelector, in.cfg.KMEMNodeSelector) {
+		in.warn("mode fsdax, but the pod keeps nodeSelector %s, which the injector adds for mode kmem: if it is left from a kmem injection, remove it", FormatSelector(in.cfg.KMEMNodeSelector))
 	}
 
 	for _, t := range in.targets {
@@ -1049,6 +1055,16 @@ func copyMap(m map[string]string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// hasAll reports whether every key=value of want is in have.
+func hasAll(have, want map[string]string) bool {
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	return true
 }
 
 // FormatSelector renders a node selector as sorted k="v" pairs, for

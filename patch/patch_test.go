@@ -69,6 +69,7 @@ func TestApplyGolden(t *testing.T) {
 		{name: "existing-ldpreload", decision: Injected, wantWarnings: []string{`already sets LD_PRELOAD="/usr/lib/libtrace.so"`}},
 		{name: "claim", decision: Injected},
 		{name: "kmem", decision: Injected, wantWarnings: []string{`added nodeSelector pmem.alibabacloud.com/kmem="true"`}},
+		{name: "fsdax-kmem-selector", decision: Injected, wantWarnings: []string{`mode fsdax, but the pod keeps nodeSelector pmem.alibabacloud.com/kmem="true"`}},
 		{name: "dram-ratio", decision: Injected, wantWarnings: []string{"on DRAM until written back"}},
 		{name: "forking-redis", decision: Injected, wantWarnings: []string{
 			`container "redis" has no memory limit`, `container "exporter" has no memory limit`,

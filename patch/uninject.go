@@ -109,7 +109,7 @@ var memTiersPattern = regexp.MustCompile(`^(KIND:DRAM,RATIO:[0-9]+;)?(KIND:KMEM_
 func checkOwnPieces(pod *corev1.Pod, cfg *Config) error {
 	differs := func(field, what string) error {
 		return deny("%s differs from what the PMEM injector generates (%s), so it is not removed as part of the injection: "+
-			"if it is yours, rename it; if the injection was edited, remove its pieces by hand (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s, annotation %s)",
+			"if it is yours, rename it; if the injection was made with other injector settings (--lib-dir, --config), run the injector with those; if it was edited, remove its pieces by hand (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s, annotation %s)",
 			field, what, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload, AnnotationStatus)
 	}
 	if v, ok := pod.Annotations[AnnotationStatus]; ok && v != StatusInjected {
@@ -140,7 +140,7 @@ func checkOwnPieces(pod *corev1.Pod, cfg *Config) error {
 		have := *c.DeepCopy()
 		have.Image = initWant.Image
 		if c.Image == "" || !equality.Semantic.DeepEqual(have, initWant) {
-			return differs(fmt.Sprintf("spec.initContainers[%d] (%q)", i, c.Name), "image "+InitProgram+" --dest="+cfg.LibDir+" with the injector's mounts, resources and securityContext")
+			return differs(fmt.Sprintf("spec.initContainers[%d] (%q)", i, c.Name), "command "+InitProgram+" --dest="+cfg.LibDir+" (--lib-dir), the injector's mounts, resources and securityContext, any image")
 		}
 	}
 	check := func(list string, cs []corev1.Container) error {

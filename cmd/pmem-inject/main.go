@@ -137,6 +137,16 @@ func run(argv []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	if len(bytes.TrimSpace(out.Bytes())) == 0 {
+		// As kubectl apply ("no objects passed to apply"): in a pipeline
+		// (gen | pmem-inject -f - | kubectl apply -f -) an empty input is
+		// an upstream failure, not a manifest without pods.
+		in := strings.Join(*files, ", ")
+		if in == "" {
+			in = "stdin"
+		}
+		return fmt.Errorf("no objects in the input (%s): nothing to inject", in)
+	}
 	_, err = stdout.Write(out.Bytes())
 	return err
 }

@@ -308,10 +308,18 @@ func TestInjectInputErrors(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	onlyComments := filepath.Join(t.TempDir(), "comments.yaml")
+	if err := os.WriteFile(onlyComments, []byte("# nothing here\n---\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want []string
 	}{
+		// An upstream failure in a pipeline, not a manifest without pods.
+		{[]string{"-f", "-"}, []string{"no objects in the input (-): nothing to inject"}},
+		{nil, []string{"no objects in the input (stdin)"}},
+		{[]string{"-f", onlyComments}, []string{"no objects in the input (" + onlyComments + ")"}},
 		{[]string{"-f", good, "-f", "testdata/invalid.yaml"}, []string{
 			`testdata/invalid.yaml: Deployment typo (document 1): annotation pmem.alibabacloud.com/mode="devdax" is invalid`,
 			"\ntestdata/invalid.yaml: Pod nolimit (document 2)",

@@ -195,7 +195,7 @@ func TestReinjectRouteAfterModeChange(t *testing.T) {
 	direct := `pmem.alibabacloud.com/direct: "true"`
 	kmem := step("kmem.yaml", once, direct, direct+"\n        pmem.alibabacloud.com/mode: kmem")
 	_, _, err = inject(t, "-f", kmem)
-	if err == nil || !strings.Contains(err.Error(), `set pmem.alibabacloud.com/direct to "false", run pmem-inject on it`) {
+	if err == nil || !strings.Contains(err.Error(), `set pmem.alibabacloud.com/direct to "false", run it on the manifest`) {
 		t.Fatalf("err = %v, want the refusal naming the route", err)
 	}
 	stored, _ := os.ReadFile(kmem)
@@ -209,6 +209,33 @@ func TestReinjectRouteAfterModeChange(t *testing.T) {
 	}
 	if !strings.Contains(again, "KIND:KMEM_DAX") || strings.Contains(again, "FS_DAX") || strings.Contains(again, "/mnt/pmem") {
 		t.Errorf("after the route the template is not a clean kmem injection:\n%s", again)
+	}
+}
+
+// An injection made with other injector settings (--lib-dir) is removed
+// by the injector run with the same settings; with others, the refusal
+// says so.
+func TestUninjectNeedsTheSameLibDir(t *testing.T) {
+	once, _, err := inject(t, "--lib-dir", "/opt/pm", "-f", "../../deploy/examples/redis-pmem.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := filepath.Join(t.TempDir(), "false.yaml")
+	if err := os.WriteFile(off, []byte(strings.Replace(once, `pmem.alibabacloud.com/direct: "true"`, `pmem.alibabacloud.com/direct: "false"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = inject(t, "-f", off)
+	for _, want := range []string{`spec.initContainers[0] ("pmem-memkind-init") differs`, "--dest=/opt/pmem-memkind (--lib-dir)", "run the injector with those"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("default flags: err = %v, want it to contain %q", err, want)
+		}
+	}
+	back, _, err := inject(t, "--lib-dir", "/opt/pm", "-f", off)
+	if err != nil {
+		t.Fatalf("--lib-dir /opt/pm: %v", err)
+	}
+	if strings.Contains(back, "pmem-memkind") || strings.Contains(back, "/opt/pm") {
+		t.Errorf("the injection was not removed:\n%s", back)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
@@ -144,24 +145,61 @@ func (o *options) namespace() (string, error) {
 	return ns, err
 }
 
-// restConfig is the client configuration kubectl would use. With no
-// kubeconfig, no --server and not in a pod, client-go falls back to
-// http://localhost:8080, and the user sees only "connection refused" on a
-// URL they never typed; kubectl itself explains that case, and so do we.
+// restConfig is the client configuration kubectl would use. Where nothing
+// names a server (no kubeconfig, one without a current context, a context
+// whose cluster is missing), client-go falls back to http://localhost:8080
+// and the user sees only "connection refused" on a URL they never typed;
+// kubectl explains these cases, and so do we, naming the file.
 func (o *options) restConfig() (*rest.Config, error) {
-	raw, err := o.flags.ToRawKubeConfigLoader().RawConfig()
+	loader := o.flags.ToRawKubeConfigLoader()
+	raw, err := loader.RawConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
-	server := o.flags.APIServer != nil && *o.flags.APIServer != ""
-	if len(raw.Clusters) == 0 && !server && os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
-		return nil, errors.New("no cluster to talk to: no kubeconfig found (--kubeconfig, $KUBECONFIG or ~/.kube/config) and no --server; point kubectl at your cluster first (kubectl pmem uses the same settings)")
+	if err := o.namesAServer(raw, loader.ConfigAccess().GetLoadingPrecedence()); err != nil {
+		return nil, err
 	}
 	cfg, err := o.flags.ToRESTConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	return cfg, nil
+}
+
+// namesAServer reports, as an error, why the kubeconfig raw (read from
+// files, in kubectl's order) names no API server, unless a flag or the
+// in-cluster environment gives one.
+func (o *options) namesAServer(raw clientcmdapi.Config, files []string) error {
+	set := func(f *string) bool { return f != nil && *f != "" }
+	if set(o.flags.APIServer) || set(o.flags.ClusterName) || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return nil
+	}
+	var read []string
+	for _, f := range files {
+		if _, err := os.Stat(f); err == nil {
+			read = append(read, f)
+		}
+	}
+	where := strings.Join(read, ", ")
+	const advice = "point kubectl at your cluster first (kubectl pmem uses the same settings)"
+	if len(read) == 0 {
+		return errors.New("no cluster to talk to: no kubeconfig found (--kubeconfig, $KUBECONFIG or ~/.kube/config) and no --server; " + advice)
+	}
+	name := raw.CurrentContext
+	if set(o.flags.Context) {
+		name = *o.flags.Context
+	}
+	if name == "" {
+		return fmt.Errorf("no cluster to talk to: kubeconfig %s has no current-context and no --context or --server was given; run kubectl config use-context NAME, or pass --context", where)
+	}
+	ctx, ok := raw.Contexts[name]
+	if !ok {
+		return nil // client-go says so itself: "context was not found for specified context"
+	}
+	if c, ok := raw.Clusters[ctx.Cluster]; !ok || c.Server == "" {
+		return fmt.Errorf("no cluster to talk to: context %q names cluster %q, which kubeconfig %s does not define with a server; %s", name, ctx.Cluster, where, advice)
+	}
+	return nil
 }
 
 func parseWorkload(s string) (schema.GroupVersionResource, string, string, error) {

@@ -3,6 +3,8 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -102,27 +104,56 @@ func TestRunUsage(t *testing.T) {
 	}
 }
 
-// TestNoCluster: with nothing naming a cluster, client-go would dial
+// TestNoCluster: with nothing naming a server, client-go would dial
 // http://localhost:8080; every subcommand that talks to the API server says
-// what is missing instead, and --server alone is enough to get past it.
+// what is missing instead, naming the kubeconfig it read, and a flag that
+// names a server gets past it.
 func TestNoCluster(t *testing.T) {
-	t.Setenv("HOME", t.TempDir()) // no ~/.kube/config
+	dir := t.TempDir()
+	t.Setenv("HOME", dir) // no ~/.kube/config
 	t.Setenv("KUBECONFIG", "")
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	const cluster = "clusters:\n- name: k\n  cluster: {server: \"https://127.0.0.1:1\"}\n"
+	noCurrent := write("nocurrent", "apiVersion: v1\nkind: Config\n"+cluster)
+	empty := write("empty", "apiVersion: v1\nkind: Config\n")
+	lostCluster := write("lostcluster", "apiVersion: v1\nkind: Config\ncontexts:\n- name: c\n  context: {cluster: gone}\ncurrent-context: c\n")
+	ghost := write("ghost", "apiVersion: v1\nkind: Config\n"+cluster+"current-context: ghost\n")
 	const missing = "no kubeconfig found (--kubeconfig, $KUBECONFIG or ~/.kube/config) and no --server"
 	for _, tc := range []struct {
-		args    []string
-		want    string
-		notWant string
+		name       string
+		kubeconfig string
+		args       []string
+		want       string
+		notWant    string
 	}{
-		{args: []string{"enable", "deployment/redis"}, want: missing},
-		{args: []string{"disable", "deploy/redis"}, want: missing},
-		{args: []string{"status"}, want: missing},
-		{args: []string{"status", "sts/db"}, want: missing},
+		{name: "none enable", args: []string{"enable", "deployment/redis"}, want: missing},
+		{name: "none disable", args: []string{"disable", "deploy/redis"}, want: missing},
+		{name: "none status", args: []string{"status"}, want: missing},
+		{name: "none status workload", args: []string{"status", "sts/db"}, want: missing},
+		{name: "no current-context", kubeconfig: noCurrent, args: []string{"status"},
+			want: "kubeconfig " + noCurrent + " has no current-context"},
+		{name: "empty file", kubeconfig: empty, args: []string{"enable", "deploy/x"},
+			want: "kubeconfig " + empty + " has no current-context"},
+		{name: "context's cluster missing", kubeconfig: lostCluster, args: []string{"status"},
+			want: `context "c" names cluster "gone", which kubeconfig ` + lostCluster + " does not define"},
+		// client-go's own message is clear in these two.
+		{name: "current-context not there", kubeconfig: ghost, args: []string{"status"},
+			want: `context was not found for specified context: ghost`},
+		{name: "--context not there", kubeconfig: noCurrent, args: []string{"status", "--context", "nope"},
+			want: `context was not found for specified context: nope`},
 		// 127.0.0.1:1: nothing listens there; the error is then the dial's.
-		{args: []string{"status", "--server", "http://127.0.0.1:1"}, want: "127.0.0.1:1", notWant: missing},
+		{name: "--server", args: []string{"status", "--server", "http://127.0.0.1:1"}, want: "127.0.0.1:1", notWant: "no cluster to talk to"},
+		{name: "--cluster", kubeconfig: noCurrent, args: []string{"status", "--cluster", "k"}, want: "127.0.0.1:1", notWant: "no cluster to talk to"},
 	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("KUBECONFIG", tc.kubeconfig)
 			var out, errOut bytes.Buffer
 			err := Run(context.Background(), tc.args, &out, &errOut)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -130,6 +161,9 @@ func TestNoCluster(t *testing.T) {
 			}
 			if tc.notWant != "" && strings.Contains(err.Error(), tc.notWant) {
 				t.Errorf("err = %v, should not contain %q", err, tc.notWant)
+			}
+			if strings.Contains(err.Error(), "localhost:8080") {
+				t.Errorf("err = %v: the fallback server the user never named", err)
 			}
 			if out.Len() != 0 {
 				t.Errorf("stdout = %q, want nothing", out.String())
