@@ -496,6 +496,20 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 	t.Logf("status: forks=%s restores=%s heap_shared=%q", st["forks"], st["restores"], st["heap_shared"])
 }
 
+// loadedFSDAXRedis starts Debian's redis-server under the fsdax injection
+// (no save points: the tests call BGSAVE) with keys values of size bytes;
+// the client is closed at the end of the test.
+func loadedFSDAXRedis(t *testing.T, keys, size int) (*pod, *redischeck.Client, int) {
+	t.Helper()
+	p := admit(t, patch.ModeFSDAX, "")
+	port, _, args := redisArgs(t, "--save", "")
+	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
+	c := s.waitReady(t, port)
+	t.Cleanup(func() { c.Close() })
+	redischeck.Load(t, c, keys, size)
+	return p, c, s.Cmd.Process.Pid
+}
+
 // 6. fsdax: the write-back after a BGSAVE comes while the application only
 // overwrites values with values of the same size (issue 12). jemalloc then
 // reuses the freed slots and has nothing to purge, so no thread calls
@@ -507,14 +521,8 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 // ("no write-back 10 s after the save"). Now the preload's own thread runs
 // it once the child is gone (seen 0.1-0.6 s after the save here).
 func TestWriteBackSameSizeOverwrites(t *testing.T) {
-	p := admit(t, patch.ModeFSDAX, "")
-	port, _, args := redisArgs(t, "--save", "")
-	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
-	c := s.waitReady(t, port)
-	defer c.Close()
-	pid := s.Cmd.Process.Pid
 	const keys, size = 60000, 1024
-	redischeck.Load(t, c, keys, size)
+	p, c, pid := loadedFSDAXRedis(t, keys, size)
 	onPMEM, anon, _ := heapSplit(t, pid, p.PMEMDir)
 	shareBefore := 100 * float64(onPMEM) / float64(onPMEM+anon)
 	// overwrite SETs keys [lo, hi) to version ver, 10 per round trip: a
@@ -592,14 +600,8 @@ func TestWriteBackSameSizeOverwrites(t *testing.T) {
 // idle (strace, by hand: none in 20 s), so with the write-back inside those
 // calls the heap stayed private; the preload's thread needs no call.
 func TestWriteBackIdleServer(t *testing.T) {
-	p := admit(t, patch.ModeFSDAX, "")
-	port, _, args := redisArgs(t, "--save", "")
-	s := startRedis(t, p.Env, append([]string{"redis-server"}, args...)...)
-	c := s.waitReady(t, port)
-	defer c.Close()
-	pid := s.Cmd.Process.Pid
 	const keys, size = 20000, 1024
-	redischeck.Load(t, c, keys, size)
+	p, c, pid := loadedFSDAXRedis(t, keys, size)
 	if r, err := c.Do("BGSAVE"); err != nil || r != "Background saving started" {
 		t.Fatalf("BGSAVE: %v %v", r, err)
 	}
