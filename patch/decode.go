@@ -382,7 +382,7 @@ func envVar(e []byte, field where, i int) (corev1.EnvVar, error) {
 		}
 	}
 	switch string(nameRaw) {
-	case EnvLDPreload, EnvMemTiers, EnvTargetProcesses:
+	case EnvLDPreload, EnvMemTiers, EnvTargetProcesses, EnvContainerName:
 		v.Name = string(nameRaw)
 		if v.Value, err = optString(e, "value"); err != nil {
 			return v, err

@@ -35,6 +35,11 @@ const (
 	EnvLDPreload       = "LD_PRELOAD"
 	EnvMemTiers        = "MEMKIND_MEM_TIERS"
 	EnvTargetProcesses = "PMEM_TARGET_PROCESSES"
+	// EnvContainerName carries the container's own name to the preload,
+	// which puts it in its status file's name: two containers of a pod
+	// share the PMEM volume but not the pid namespace (both are pid 1),
+	// so pmem-status.<pid> alone would be one file for both.
+	EnvContainerName = "PMEM_CONTAINER_NAME"
 
 	// LabelManagedBy marks the PVCs generated from the ephemeral volume
 	// template, so an operator can list them.
@@ -162,7 +167,7 @@ func hasInjectedPieces(pod *corev1.Pod, cfg *Config) bool {
 	}
 	for _, c := range append(slices.Clip(pod.Spec.InitContainers), pod.Spec.Containers...) {
 		for _, e := range c.Env {
-			if e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvLDPreload && containsPath(e.Value, cfg.LibDir+"/"+PreloadLibrary) {
+			if e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvContainerName || e.Name == EnvLDPreload && containsPath(e.Value, cfg.LibDir+"/"+PreloadLibrary) {
 				return true
 			}
 		}
@@ -185,9 +190,9 @@ func checkInjected(pod *corev1.Pod, cfg *Config, opts *Options, processes []stri
 	}
 	if diff := injectedDiff(pod, want.Pod); diff != "" {
 		return nil, deny("pod is marked %s=%s, but %s: the pod carries an injection made with other annotations or configuration. "+
-			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s) and the status annotation, then inject again. "+
+			"Remove the injected pieces (init container %s, volumes %s and %s, their mounts, env %s, %s and %s, the preload in %s) and the status annotation, then inject again. "+
 			"The offline injector (pmem-inject, or kubectl pmem inject) does the removal itself: in the stored manifest set %s to \"false\", run it on the manifest, set it back to \"true\" and run it again",
-			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload, AnnotationDirect)
+			AnnotationStatus, StatusInjected, diff, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvContainerName, EnvLDPreload, AnnotationDirect)
 	}
 	return &Result{Decision: AlreadyInjected, Pod: pod, Options: opts}, nil
 }
@@ -206,7 +211,7 @@ func stripInjected(pod *corev1.Pod, cfg *Config) *corev1.Pod {
 			c := &cs[i]
 			c.VolumeMounts = slices.DeleteFunc(slices.Clone(c.VolumeMounts), func(m corev1.VolumeMount) bool { return m.Name == PMEMVolumeName || m.Name == LibVolumeName })
 			env := slices.DeleteFunc(slices.Clone(c.Env), func(e corev1.EnvVar) bool {
-				return e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvLDPreload && e.Value == preload
+				return e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvContainerName || e.Name == EnvLDPreload && e.Value == preload
 			})
 			for k := range env {
 				if env[k].Name == EnvLDPreload {
@@ -244,10 +249,15 @@ func injectedDiff(have, want *corev1.Pod) string {
 	for _, lists := range [][2][]corev1.Container{{have.Spec.InitContainers, want.Spec.InitContainers}, {have.Spec.Containers, want.Spec.Containers}} {
 		for k := range lists[1] {
 			hc, wc := &lists[0][k], &lists[1][k]
-			for _, name := range []string{EnvLDPreload, EnvMemTiers, EnvTargetProcesses} {
+			for _, name := range []string{EnvLDPreload, EnvMemTiers, EnvTargetProcesses, EnvContainerName} {
 				hv, hok := envOf(hc.Env, name)
 				wv, wok := envOf(wc.Env, name)
 				switch {
+				case !hok && wok && name == EnvContainerName:
+					// An injection made before the variable existed: still
+					// the same injection (its preload names the status
+					// file by pid alone), accepted as it is rather than
+					// denied over a piece that older version never wrote.
 				case !hok && wok:
 					return fmt.Sprintf("container %q lacks %s", hc.Name, name)
 				case hok && !wok:
@@ -525,7 +535,7 @@ func checkCollisions(pod *corev1.Pod, targets []target, cfg *Config) error {
 				if e.ValueFrom != nil {
 					errs = append(errs, fmt.Errorf("container %q sets %s with valueFrom, which cannot be joined with the PMEM preload at admission: set it as a plain value", c.Name, EnvLDPreload))
 				}
-			case EnvMemTiers, EnvTargetProcesses:
+			case EnvMemTiers, EnvTargetProcesses, EnvContainerName:
 				errs = append(errs, fmt.Errorf("container %q already sets %s, which the PMEM injector owns: remove it and use the pmem.alibabacloud.com/* annotations", c.Name, e.Name))
 			}
 		}
@@ -832,7 +842,7 @@ func (in *injection) build() *corev1.Pod {
 			limit = in.sizeLimits[k]
 		}
 		c.VolumeMounts = append(slices.Clip(c.VolumeMounts), in.mounts()...)
-		c.Env = in.env(c.Env, limit)
+		c.Env = in.env(c.Name, c.Env, limit)
 	}
 
 	if in.opts.Mode == ModeKMEM && len(in.cfg.KMEMNodeSelector) > 0 {
@@ -887,9 +897,10 @@ func (in *injection) mounts() []corev1.VolumeMount {
 }
 
 // env returns the target container's env with the preload added. The
-// input slice is not modified.
-func (in *injection) env(env []corev1.EnvVar, sizeLimit int64) []corev1.EnvVar {
-	out := make([]corev1.EnvVar, len(env), len(env)+3)
+// input slice is not modified. name is the container's name, which the
+// preload puts in its status file's name (EnvContainerName).
+func (in *injection) env(name string, env []corev1.EnvVar, sizeLimit int64) []corev1.EnvVar {
+	out := make([]corev1.EnvVar, len(env), len(env)+4)
 	copy(out, env)
 	preload := in.preloadPath()
 	joined := false
@@ -912,6 +923,7 @@ func (in *injection) env(env []corev1.EnvVar, sizeLimit int64) []corev1.EnvVar {
 	return append(out,
 		corev1.EnvVar{Name: EnvMemTiers, Value: in.memTiers(sizeLimit)},
 		corev1.EnvVar{Name: EnvTargetProcesses, Value: strings.Join(in.processes, ",")},
+		corev1.EnvVar{Name: EnvContainerName, Value: name},
 	)
 }
 

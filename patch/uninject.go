@@ -34,7 +34,8 @@ type UninjectResult struct {
 // the injector writes are there: its init container, its preload in
 // LD_PRELOAD), it removes exactly those pieces: the init
 // container, the volumes pmem and pmem-memkind, their mounts, the env
-// MEMKIND_MEM_TIERS and PMEM_TARGET_PROCESSES, the preload entry of
+// MEMKIND_MEM_TIERS, PMEM_TARGET_PROCESSES and PMEM_CONTAINER_NAME (absent
+// from injections made before it existed), the preload entry of
 // LD_PRELOAD (the user's own entries stay) and the status annotation. A
 // piece that has one of our names but is not what the injector generates
 // is the user's, or was edited: it is refused with a *DeniedError naming
@@ -109,8 +110,8 @@ var memTiersPattern = regexp.MustCompile(`^(KIND:DRAM,RATIO:[0-9]+;)?(KIND:KMEM_
 func checkOwnPieces(pod *corev1.Pod, cfg *Config) error {
 	differs := func(field, what string) error {
 		return deny("%s differs from what the PMEM injector generates (%s), so it is not removed as part of the injection: "+
-			"if it is yours, rename it; if the injection was made with other injector settings (--lib-dir, --config), run the injector with those; if it was edited, remove its pieces by hand (init container %s, volumes %s and %s, their mounts, env %s and %s, the preload in %s, annotation %s)",
-			field, what, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvLDPreload, AnnotationStatus)
+			"if it is yours, rename it; if the injection was made with other injector settings (--lib-dir, --config), run the injector with those; if it was edited, remove its pieces by hand (init container %s, volumes %s and %s, their mounts, env %s, %s and %s, the preload in %s, annotation %s)",
+			field, what, InitContainerName, PMEMVolumeName, LibVolumeName, EnvMemTiers, EnvTargetProcesses, EnvContainerName, EnvLDPreload, AnnotationStatus)
 	}
 	if v, ok := pod.Annotations[AnnotationStatus]; ok && v != StatusInjected {
 		return differs(fmt.Sprintf("metadata.annotations %s=%q", AnnotationStatus, Abbreviate(v, 40)), fmt.Sprintf("%q", StatusInjected))
@@ -172,6 +173,10 @@ func checkOwnPieces(pod *corev1.Pod, cfg *Config) error {
 					if _, bad := parseList(e.Value, validateProcessName); e.ValueFrom != nil || bad != "" {
 						return differs(field, "a comma list of program names")
 					}
+				case EnvContainerName:
+					if e.ValueFrom != nil || e.Value != c.Name {
+						return differs(field, fmt.Sprintf("the container's own name %q", c.Name))
+					}
 				}
 			}
 		}
@@ -231,7 +236,7 @@ func removePieces(pod *corev1.Pod, cfg *Config) *corev1.Pod {
 			changed := false
 			for _, e := range c.Env {
 				switch {
-				case e.Name == EnvMemTiers || e.Name == EnvTargetProcesses:
+				case e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvContainerName:
 					changed = true
 					continue
 				case e.Name == EnvLDPreload && e.ValueFrom == nil && containsPath(e.Value, preload):

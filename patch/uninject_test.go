@@ -205,6 +205,9 @@ func TestUninjectRefusesForeignPieces(t *testing.T) {
 		{"processes from a secret", func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env[2].ValueFrom = &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "p"}}
 		}, `spec.containers[0].env[2] (PMEM_TARGET_PROCESSES, container "redis") differs`},
+		{"container name of another container", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env[3].Value = "exporter"
+		}, `spec.containers[0].env[3] (PMEM_CONTAINER_NAME, container "redis") differs from what the PMEM injector generates (the container's own name "redis")`},
 		{"status of someone else", func(p *corev1.Pod) {
 			p.Annotations[AnnotationStatus] = "pending"
 		}, `metadata.annotations pmem.alibabacloud.com/status="pending" differs`},

@@ -77,16 +77,43 @@ func Build(ctx context.Context, cc, out string) error {
 	return nil
 }
 
-// StatusPath is the record the preload keeps for process pid in dir (the
-// PMEM volume root, or its heap/ subdirectory for a server that cannot
-// write the root): key=value lines (mode, bytes_mapped_pmem, forks, ...).
-func StatusPath(dir string, pid int) string {
-	return filepath.Join(dir, "pmem-status."+strconv.Itoa(pid))
+// StatusPath is the record the preload keeps for process pid of container
+// in dir (the PMEM volume root, or its heap/ subdirectory for a server
+// that cannot write the root): key=value lines (mode, bytes_mapped_pmem,
+// forks, ...). It is pmem-status.<container>.<pid>: two containers of a
+// pod share the volume but not the pid namespace (both are pid 1), and
+// the webhook gives each its name in PMEM_CONTAINER_NAME. With container
+// "" (the variable unset: an older injection, or not a DNS label, which
+// the preload ignores) it is pmem-status.<pid>.
+func StatusPath(dir, container string, pid int) string {
+	if container == "" {
+		return filepath.Join(dir, "pmem-status."+strconv.Itoa(pid))
+	}
+	return filepath.Join(dir, "pmem-status."+container+"."+strconv.Itoa(pid))
 }
 
-// ReadStatus reads the record at StatusPath(dir, pid) into a map.
-func ReadStatus(dir string, pid int) (map[string]string, error) {
-	b, err := os.ReadFile(StatusPath(dir, pid))
+// StatusContainer is the container part of the status file's name for a
+// process started with env (KEY=VALUE entries; the first of a key counts,
+// as in the preload's reading of /proc/self/environ): the value of
+// PMEM_CONTAINER_NAME if it is 1 to 63 of [a-z0-9-], as the preload
+// checks, else "".
+func StatusContainer(env []string) string {
+	v := ""
+	for _, e := range env {
+		if name, ok := strings.CutPrefix(e, "PMEM_CONTAINER_NAME="); ok {
+			v = name
+			break // the preload takes the first
+		}
+	}
+	if v == "" || len(v) > 63 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		return ""
+	}
+	return v
+}
+
+// ReadStatus reads the record at StatusPath(dir, container, pid) into a map.
+func ReadStatus(dir, container string, pid int) (map[string]string, error) {
+	b, err := os.ReadFile(StatusPath(dir, container, pid))
 	if err != nil {
 		return nil, fmt.Errorf("preload status: %w", err)
 	}

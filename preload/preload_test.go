@@ -2,6 +2,7 @@ package preload
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,9 +189,74 @@ func TestStatusFile(t *testing.T) {
 	}
 }
 
+// TestStatusFileContainerName: the record is named after the container
+// (PMEM_CONTAINER_NAME): two containers of a pod share the volume but not
+// the pid namespace, both are pid 1, and pmem-status.<pid> alone would be
+// one file for both. A name that is not a DNS label is ignored: the old
+// name. StatusContainer and StatusPath agree with the preload.
+func TestStatusFileContainerName(t *testing.T) {
+	libDir, _ := setup(t)
+	pmem := t.TempDir()
+	run := func(name string) int {
+		t.Helper()
+		cmd := exec.Command("/bin/true")
+		cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PMEM_TARGET_PROCESSES=true",
+			"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:1073741824,RATIO:1"}
+		if name != "-" {
+			cmd.Env = append(cmd.Env, "PMEM_CONTAINER_NAME="+name)
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("true under PMEM_CONTAINER_NAME=%q: %v: %s", name, err, out)
+		}
+		if strings.Contains(string(out), "PMEM_CONTAINER_NAME") || strings.Count(string(out), "\n") != 1 {
+			t.Errorf("PMEM_CONTAINER_NAME=%q: output %q, want the one activation line", name, out)
+		}
+		pid := cmd.Process.Pid
+		want := StatusPath(pmem, StatusContainer(cmd.Env), pid)
+		if !strings.Contains(string(out), "status in "+want) {
+			t.Errorf("PMEM_CONTAINER_NAME=%q: activation line %q does not name %s", name, out, want)
+		}
+		if st := readStatusAt(t, want); st["comm"] != "true" || st["mode"] != "fsdax" {
+			t.Errorf("%s: %v", want, st)
+		}
+		return pid
+	}
+	a, b := run("a"), run("b")
+	for _, f := range []string{fmt.Sprintf("pmem-status.a.%d", a), fmt.Sprintf("pmem-status.b.%d", b)} {
+		if _, err := os.Stat(filepath.Join(pmem, f)); err != nil {
+			t.Errorf("two containers: %v", err)
+		}
+	}
+	long := strings.Repeat("x", 64)
+	for _, bad := range []string{"A/../x", "../x", "redis_1", "Redis", "a.1", long, "", "-"} {
+		pid := run(bad)
+		if _, err := os.Stat(filepath.Join(pmem, fmt.Sprintf("pmem-status.%d", pid))); err != nil {
+			t.Errorf("PMEM_CONTAINER_NAME=%q (invalid or unset) must fall back to pmem-status.<pid>: %v", bad, err)
+		}
+	}
+	if got := StatusContainer([]string{"PMEM_CONTAINER_NAME=" + long[:63]}); got != long[:63] {
+		t.Errorf("StatusContainer(63 chars) = %q", got)
+	}
+	run(long[:63])
+	names, _ := filepath.Glob(filepath.Join(pmem, "pmem-status.*"))
+	if len(names) != 2+8+1 {
+		t.Errorf("status files %q, want one per run", names)
+	}
+}
+
+func readStatusAt(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ParseStatus(string(b))
+}
+
 func readStatus(t *testing.T, dir string, pid int) map[string]string {
 	t.Helper()
-	m, err := ReadStatus(dir, pid)
+	m, err := ReadStatus(dir, "", pid)
 	if err != nil {
 		t.Fatal(err)
 	}

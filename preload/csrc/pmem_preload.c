@@ -52,8 +52,13 @@
 // where the parent, and so the new child, has a private copy).
 //
 // Observability: one stderr line at activation and a status file
-// PATH/pmem-status.<pid> (key=value lines), rewritten with pwrite when the
-// mapped bytes moved by >= 4 MiB, on fallback and on fork: bounded cost.
+// PATH/pmem-status.<container>.<pid> (key=value lines), rewritten with pwrite
+// when the mapped bytes moved by >= 4 MiB, on fallback and on fork: bounded
+// cost. <container> is PMEM_CONTAINER_NAME, which the webhook sets to the
+// container's name: two containers of a pod share the volume but not the pid
+// namespace (both are pid 1), so the pid alone would name one file for both.
+// Without it (an older injection), or if it is not a DNS label ([a-z0-9-],
+// at most 63), the file is PATH/pmem-status.<pid>.
 
 typedef unsigned long size_t;
 typedef long ssize_t;
@@ -312,7 +317,8 @@ static struct {
 	char comm[17];
 	char path[256];   // FS_DAX dir (PATH)
 	char dir[264];    // where the heap file went: PATH or PATH/heap
-	char status[320]; // status file path
+	char container[64]; // PMEM_CONTAINER_NAME if a DNS label, else ""
+	char status[352];   // status file path: dir, "/pmem-status.", container, ".", pid
 	char why[200];    // why not placed, if so
 	int fd;           // heap file
 	int status_fd;
@@ -2410,6 +2416,19 @@ static int parse_tiers(const char *t, unsigned long *limit)
 	return 0;
 }
 
+// dns_label reports whether s is 1 to 63 of [a-z0-9-]: a container name,
+// safe as part of a file name.
+static int dns_label(const char *s)
+{
+	size_t n = slen(s);
+	if (n == 0 || n > 63)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(s[i] >= 'a' && s[i] <= 'z') && !(s[i] >= '0' && s[i] <= '9') && s[i] != '-')
+			return 0;
+	return 1;
+}
+
 static void join(char *out, size_t cap, const char *a, const char *b, unsigned long n)
 {
 	struct buf x = {.n = 0};
@@ -2571,7 +2590,15 @@ static int setup_fsdax(unsigned long limit)
 	st.dbits = bits + 2 * bl / 8;
 	st.fd = fd;
 	st.size = limit;
-	join(st.status, sizeof st.status, st.dir, "/pmem-status.", (unsigned long)st.pid);
+	// The container's name before the pid: see "Observability".
+	struct buf sp = {.n = 0};
+	bs(&sp, "/pmem-status.");
+	if (st.container[0]) {
+		bs(&sp, st.container);
+		bs(&sp, ".");
+	}
+	sp.b[sp.n] = 0;
+	join(st.status, sizeof st.status, st.dir, sp.b, (unsigned long)st.pid);
 	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	st.base = base; // last: from here on the hooks serve from the range
 	return 0;
@@ -2678,6 +2705,11 @@ __attribute__((constructor)) static void init(void)
 	const char *tiers = env(environ, en, "MEMKIND_MEM_TIERS");
 	if (!tiers)
 		return; // not configured: nothing to say
+	// PMEM_CONTAINER_NAME names the status file (see "Observability");
+	// anything but a DNS label is ignored, silently: the old name is kept.
+	const char *cn = env(environ, en, "PMEM_CONTAINER_NAME");
+	if (cn && dns_label(cn))
+		memcpy(st.container, cn, slen(cn) + 1);
 	// PMEM_PRECOPY=0 turns the pre-copy off: what a seccomp profile that
 	// blocks userfaultfd gives (to measure it, and a way out if the
 	// pre-copy ever misbehaves).

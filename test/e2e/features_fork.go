@@ -44,7 +44,9 @@ const (
 // status record shows one more write-back with the heap shared again (the preload's write-back
 // thread runs it once the child is gone; before that thread, it came only at jemalloc's next
 // purge, 3-18 s after the BGSAVE in the runs of 2026-12-01; the bound is forkLoadSeconds). POSIX sh.
-const forkLoadScript = `st() { cat /mnt/pmem/pmem-status.1 /mnt/pmem/heap/pmem-status.1 2>/dev/null; }
+// The record is pmem-status.<container>.<pid> (the container, redis, from PMEM_CONTAINER_NAME:
+// two containers of a pod are both pid 1).
+const forkLoadScript = `st() { cat /mnt/pmem/pmem-status.redis.1 /mnt/pmem/heap/pmem-status.redis.1 2>/dev/null; }
 val() { st | sed -n "s/^$1=\([^ ]*\).*/\1/p" | head -n 1; }
 r0=$(val restores)
 echo "digest=$(redis-cli DEBUG DIGEST)"
@@ -215,10 +217,11 @@ func ForkWriteBack(env *Env, penv *PodEnv, seccomp *corev1.SeccompProfile) e2ety
 		Feature()
 }
 
-// statusRecord reads redis-server's (PID 1) status file as `kubectl pmem status` finds it.
+// statusRecord reads redis-server's (PID 1 of container redis) status file as `kubectl pmem
+// status` finds it: pmem-status.redis.1 (the container's name, then the pid).
 func statusRecord(ctx context.Context, t *testing.T, cfg *rest.Config, pod *corev1.Pod) map[string]string {
 	t.Helper()
-	out, err := execIn(ctx, cfg, pod, "redis", "sh", "-c", "cat /mnt/pmem/pmem-status.1 /mnt/pmem/heap/pmem-status.1 2>/dev/null; exit 0")
+	out, err := execIn(ctx, cfg, pod, "redis", "sh", "-c", "cat /mnt/pmem/pmem-status.redis.1 /mnt/pmem/heap/pmem-status.redis.1 2>/dev/null; exit 0")
 	if err != nil {
 		t.Fatalf("read the status file: %v", err)
 	}

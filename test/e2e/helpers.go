@@ -259,6 +259,9 @@ func assertInjected(t *testing.T, env *Env, pod *corev1.Pod, want wantInjection)
 		if v := envs[patch.EnvTargetProcesses]; len(v) != 1 || v[0] != strings.Join(cfg.TargetProcesses, ",") {
 			t.Errorf("pod %s container %s: %s = %q, want %q", pod.Name, name, patch.EnvTargetProcesses, v, strings.Join(cfg.TargetProcesses, ","))
 		}
+		if v := envs[patch.EnvContainerName]; len(v) != 1 || v[0] != name {
+			t.Errorf("pod %s container %s: %s = %q, want the container's name", pod.Name, name, patch.EnvContainerName, v)
+		}
 	}
 }
 

@@ -130,7 +130,7 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 	// fork), else INFO's total_forks (Redis >= 6.2), else -1 (unknown).
 	forks := func() int {
 		if r.heap {
-			if st, err := preload.ReadStatus(statusDir, pid); err == nil {
+			if st, err := preload.ReadStatus(statusDir, preload.StatusContainer(s.env), pid); err == nil {
 				if n, err := strconv.Atoi(st["forks"]); err == nil {
 					return n
 				}
@@ -173,7 +173,7 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 		before := forks()
 		vers, started, err := forkAt(c, pauseWrite)
 		if err != nil {
-			t.Fatalf("BGSAVE %d: %.300v (server alive %v)\n%s\n%s", len(dumps), err, p.alive(), tail(p.log.String()), threads(pid, statusDir))
+			t.Fatalf("BGSAVE %d: %.300v (server alive %v)\n%s\n%s", len(dumps), err, p.alive(), tail(p.log.String()), threads(pid, statusDir, preload.StatusContainer(s.env)))
 		}
 		if !started { // an automatic save began meanwhile
 			time.Sleep(50 * time.Millisecond)
@@ -239,8 +239,8 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 		if res.pmemBefore != 0 || pmemKB != 0 {
 			t.Errorf("%s: %d kB before and %d kB after the saves mapped from the pmem dir, want 0 (a static binary stays on DRAM)", r.name, res.pmemBefore, pmemKB)
 		}
-		if _, err := os.Stat(preload.StatusPath(statusDir, pid)); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("%s: status file %s: %v, want none", r.name, preload.StatusPath(statusDir, pid), err)
+		if _, err := os.Stat(preload.StatusPath(statusDir, preload.StatusContainer(s.env), pid)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s: status file %s: %v, want none", r.name, preload.StatusPath(statusDir, preload.StatusContainer(s.env), pid), err)
 		}
 		t.Logf("%s: %d BGSAVEs under %d writes, every dump exact in a plain server; heap on DRAM (0 kB from the pmem dir)", r.name, len(dumps), w.OK)
 		shutdownFork(t, r, c, p)
@@ -254,7 +254,7 @@ func forkRow(t *testing.T, r row, s *sandbox, plain *sandbox, server string) {
 	wbDeadline := time.Now().Add(forkWriteBackTime)
 	for i := 0; i < forkWriteBackRounds && time.Now().Before(wbDeadline); i++ {
 		redischeck.Load(t, c, forkKeys, forkSize)
-		if st, err = preload.ReadStatus(statusDir, pid); err != nil {
+		if st, err = preload.ReadStatus(statusDir, preload.StatusContainer(s.env), pid); err != nil {
 			t.Fatal(err)
 		}
 		if n, _ := strconv.Atoi(st["restores"]); n >= 1 && st["heap_shared"] == "1" {
@@ -398,7 +398,7 @@ func shutdownFork(t *testing.T, r row, c *redischeck.Client, p *running) {
 // threads describes a server that stopped answering: per thread its name,
 // state, kernel wait channel, system call and signal masks, and the
 // preload's status file.
-func threads(pid int, statusDir string) string {
+func threads(pid int, statusDir, container string) string {
 	var b strings.Builder
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
 	for _, task := range tasks {
@@ -418,7 +418,7 @@ func threads(pid int, statusDir string) string {
 		fmt.Fprintf(&b, "task %s %q state %s wchan %s syscall %s sigblk %s\n%s\n", filepath.Base(task), read("comm"), state,
 			read("wchan"), read("syscall"), blk, read("stack"))
 	}
-	if st, err := os.ReadFile(preload.StatusPath(statusDir, pid)); err == nil {
+	if st, err := os.ReadFile(preload.StatusPath(statusDir, container, pid)); err == nil {
 		b.WriteString(strings.Join(strings.Fields(string(st)), " "))
 	}
 	return b.String()

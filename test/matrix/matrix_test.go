@@ -510,7 +510,7 @@ func serve(t *testing.T, r row, s *sandbox, server, cli string, load bool) (res 
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("%s: server output lacks %q:\n%s", r.name, want, log.String())
 		}
-		if fi, err := os.Stat(preload.StatusPath(filepath.Join(s.pmemDir, "heap"), cmd.Process.Pid)); err != nil {
+		if fi, err := os.Stat(preload.StatusPath(filepath.Join(s.pmemDir, "heap"), preload.StatusContainer(s.env), cmd.Process.Pid)); err != nil {
 			t.Errorf("%s: no status file beside the heap file: %v", r.name, err)
 		} else if st := fi.Sys().(*syscall.Stat_t); st.Uid != 999 {
 			t.Errorf("%s: status file owned by uid %d, want 999", r.name, st.Uid)

@@ -248,12 +248,12 @@ func runForkBench(t *testing.T, m benchMode, pmemDir string) forkResult {
 		// seconds): keep the load running until it has happened, bounded.
 		deadline := time.Now().Add(fbShareMax)
 		for time.Now().Before(deadline) {
-			if st := statusFile(t, pmemDir, pid); st["heap_shared"] == "1" && st["restores"] != "0" {
+			if st := statusFile(t, pmemDir, m.env, pid); st["heap_shared"] == "1" && st["restores"] != "0" {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		st := statusFile(t, pmemDir, pid)
+		st := statusFile(t, pmemDir, m.env, pid)
 		res.restores, _ = strconv.Atoi(st["restores"])
 		res.shared = st["heap_shared"]
 		res.wb = parseWriteBack(st)

@@ -44,7 +44,7 @@ func TestHeapOnPMEM(t *testing.T) {
 	if !strings.Contains(s.Log.String(), "heap on FS_DAX PMEM") {
 		t.Errorf("no activation line in the log:\n%s", tail(s.Log.String()))
 	}
-	st := statusFile(t, p.PMEMDir, pid)
+	st := statusFile(t, p.PMEMDir, p.Env, pid)
 	if st["mode"] != "fsdax" || st["heap_shared"] != "1" {
 		t.Errorf("status file %v", st)
 	}
@@ -72,10 +72,12 @@ func TestHeapOnPMEM(t *testing.T) {
 	}
 }
 
-// statusFile reads the preload's record PMEMDIR/pmem-status.PID.
-func statusFile(t *testing.T, dir string, pid int) map[string]string {
+// statusFile reads the preload's record of process pid started with env:
+// PMEMDIR/pmem-status.CONTAINER.PID (the container's name is in env as the
+// webhook set it).
+func statusFile(t *testing.T, dir string, env []string, pid int) map[string]string {
 	t.Helper()
-	m, err := preload.ReadStatus(dir, pid)
+	m, err := preload.ReadStatus(dir, preload.StatusContainer(env), pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +160,7 @@ func TestForkSafetyFSDAX(t *testing.T) {
 	var st map[string]string
 	for i := 0; i < 40; i++ {
 		redischeck.Load(t, c, forkKeys, forkSize)
-		if st = statusFile(t, p.PMEMDir, pid); st["heap_shared"] == "1" {
+		if st = statusFile(t, p.PMEMDir, p.Env, pid); st["heap_shared"] == "1" {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -492,7 +494,7 @@ func TestForkAOFAndReplicasFSDAX(t *testing.T) {
 	if !s.Alive() {
 		t.Fatalf("master died: %v\n%s", s.err, tail(s.Log.String()))
 	}
-	st := statusFile(t, p.PMEMDir, s.Cmd.Process.Pid)
+	st := statusFile(t, p.PMEMDir, p.Env, s.Cmd.Process.Pid)
 	t.Logf("status: forks=%s restores=%s heap_shared=%q", st["forks"], st["restores"], st["heap_shared"])
 }
 
@@ -562,7 +564,7 @@ func TestWriteBackSameSizeOverwrites(t *testing.T) {
 			if done {
 				continue // finish the round: every key at this version
 			}
-			if st = statusFile(t, p.PMEMDir, pid); st["heap_shared"] == "1" && st["restores"] == "1" {
+			if st = statusFile(t, p.PMEMDir, p.Env, pid); st["heap_shared"] == "1" && st["restores"] == "1" {
 				after, done = time.Since(saved), true
 			}
 		}
@@ -610,7 +612,7 @@ func TestWriteBackIdleServer(t *testing.T) {
 	start := time.Now()
 	var st map[string]string
 	for {
-		st = statusFile(t, p.PMEMDir, pid)
+		st = statusFile(t, p.PMEMDir, p.Env, pid)
 		if st["heap_shared"] == "1" && st["restores"] == "1" {
 			break
 		}

@@ -313,8 +313,9 @@ type PodStatus struct {
 	// status files on the pmem volume through exec, or says why it is not
 	// available.
 	Placement string `json:"placement"`
-	// Records are the preload's status records of the container's live
-	// processes, key=value as the preload writes them (docs/node.md).
+	// Records are the preload's status records of the live processes of
+	// each container that mounts the PMEM volume, key=value as the preload
+	// writes them (docs/node.md), plus container=<the container's name>.
 	Records []map[string]string `json:"records,omitempty"`
 }
 

@@ -3,9 +3,13 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -183,10 +187,101 @@ func TestPlacementRecords(t *testing.T) {
 	}
 	want := "redis-server[7]: 241 MiB on PMEM, 0 MiB fallback to DRAM, heap shared; " +
 		"valkey-server[9]: 1 MiB on PMEM, 2 MiB fallback to DRAM, heap private since a fork (pages written since are on DRAM)"
-	if got := summarize(records); got != want {
+	if got := summarize(records, false); got != want {
 		t.Errorf("summarize = %q\nwant        %q", got, want)
 	}
 	if got := parseRecords("sh: cat: not found\n"); len(got) != 0 {
 		t.Errorf("no pid= line must give no record, got %v", got)
+	}
+}
+
+// TestPlacementScriptPerContainer runs the status script (sh) on a volume
+// that two containers share: both servers are pid 1 in their own pid
+// namespace, so each container's records are pmem-status.<container>.<pid>
+// and each container reads its own. A container without
+// PMEM_CONTAINER_NAME (injected before it) reads the old
+// pmem-status.<pid> names only. Dead pids (an earlier restart) are skipped.
+func TestPlacementScriptPerContainer(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "heap"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	live, dead := os.Getpid(), 999999999 // above any pid_max
+	write := func(name, comm string) {
+		t.Helper()
+		rec := fmt.Sprintf("pid=%d\ncomm=%s\nmode=fsdax\nbytes_resident_pmem=1048576\nbytes_fallback_dram=0\nheap_shared=1\n    ", live, comm)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(rec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(fmt.Sprintf("pmem-status.redis.%d", live), "redis-a")
+	write(fmt.Sprintf("heap/pmem-status.redis.%d", live), "redis-heap")
+	write(fmt.Sprintf("pmem-status.redis.%d", dead), "redis-dead")
+	write(fmt.Sprintf("pmem-status.cache.%d", live), "cache-b")
+	write(fmt.Sprintf("pmem-status.redis-2.%d", live), "redis-2")
+	write(fmt.Sprintf("pmem-status.1x.%d", live), "digit-name")
+	write(fmt.Sprintf("pmem-status.%d", live), "old")
+	write(fmt.Sprintf("pmem-status.%d", dead), "old-dead")
+	run := func(name string) []string {
+		t.Helper()
+		out, err := exec.Command("sh", "-c", placementCommand(dir, name)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("script for %q: %v\n%s", name, err, out)
+		}
+		var comms []string
+		for _, r := range parseRecords(string(out)) {
+			comms = append(comms, r["comm"])
+		}
+		sort.Strings(comms)
+		return comms
+	}
+	for name, want := range map[string][]string{
+		"redis": {"redis-a", "redis-heap"},
+		"cache": {"cache-b"},
+		"1x":    {"digit-name"},
+		"":      {"old"},
+		"none":  nil,
+	} {
+		if got := run(name); !reflect.DeepEqual(got, want) {
+			t.Errorf("container %q reads %q, want %q", name, got, want)
+		}
+	}
+
+	// The targets: every container mounting the volume, named by its
+	// PMEM_CONTAINER_NAME when that is a DNS label.
+	always := corev1.ContainerRestartPolicyAlways
+	mount := []corev1.VolumeMount{{Name: patch.PMEMVolumeName, MountPath: "/mnt/pmem"}}
+	pod := &corev1.Pod{Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "pmem-memkind-init"}, {Name: "side", RestartPolicy: &always, VolumeMounts: mount,
+			Env: []corev1.EnvVar{{Name: patch.EnvContainerName, Value: "side"}}}},
+		Containers: []corev1.Container{
+			{Name: "redis", VolumeMounts: mount, Env: []corev1.EnvVar{{Name: patch.EnvContainerName, Value: "redis"}}},
+			{Name: "old", VolumeMounts: mount},
+			{Name: "odd", VolumeMounts: mount, Env: []corev1.EnvVar{{Name: patch.EnvContainerName, Value: "A/../x"}}},
+			{Name: "plain"},
+		}}}
+	wantTargets := []placementTarget{{"side", "/mnt/pmem", "side"}, {"redis", "/mnt/pmem", "redis"}, {"old", "/mnt/pmem", ""}, {"odd", "/mnt/pmem", ""}}
+	if got := placementTargets(pod); !reflect.DeepEqual(got, wantTargets) {
+		t.Errorf("placementTargets = %+v, want %+v", got, wantTargets)
+	}
+
+	// The summary: one container as before; several name theirs.
+	rec := func(comm string) string {
+		return "pid=1\ncomm=" + comm + "\nbytes_resident_pmem=2097152\nbytes_fallback_dram=0\nheap_shared=1\n   \n"
+	}
+	one := []placementTarget{{"redis", "/mnt/pmem", "redis"}}
+	if got, records := placementSummary(one, []string{rec("redis-server")}, []error{nil}); got != "redis-server[1]: 2 MiB on PMEM, 0 MiB fallback to DRAM, heap shared" ||
+		len(records) != 1 || records[0]["container"] != "redis" {
+		t.Errorf("one container: %q, %v", got, records)
+	}
+	two := []placementTarget{{"redis", "/mnt/pmem", "redis"}, {"cache", "/mnt/pmem", "cache"}, {"old", "/mnt/pmem", ""}, {"gone", "/mnt/pmem", "gone"}}
+	got, records := placementSummary(two, []string{rec("redis-server"), rec("redis-server"), "", ""}, []error{nil, nil, nil, errors.New("no sh")})
+	want := "redis/redis-server[1]: 2 MiB on PMEM, 0 MiB fallback to DRAM, heap shared; cache/redis-server[1]: 2 MiB on PMEM, 0 MiB fallback to DRAM, heap shared; " +
+		"not available (exec into gone failed: no sh); old: none"
+	if got != want || len(records) != 2 || records[0]["container"] != "redis" || records[1]["container"] != "cache" {
+		t.Errorf("two containers:\n got %q, %v\nwant %q", got, records, want)
+	}
+	if got, _ := placementSummary(two[:2], []string{"", ""}, []error{nil, nil}); !strings.HasPrefix(got, "none: ") {
+		t.Errorf("no records: %q", got)
 	}
 }
