@@ -661,7 +661,9 @@ func TestSigmask(t *testing.T) {
 				if mode == "fsdax" {
 					target = filepath.Base(prog)
 				}
-				cmd := exec.Command(prog, mode)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, prog, mode)
 				cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PMEM_TARGET_PROCESSES=" + target,
 					"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
 				var stderr strings.Builder
