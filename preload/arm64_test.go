@@ -145,7 +145,7 @@ func TestArm64UnderQemu(t *testing.T) {
 		return string(out), e.String(), cmd.Process.Pid
 	}
 	tiers := func(pmem string) string {
-		return "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"
+		return "MEMKIND_MEM_TIERS=" + fsdaxTiers(pmem)
 	}
 	const target = "PMEM_TARGET_PROCESSES=" + qemu
 

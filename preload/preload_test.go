@@ -61,10 +61,23 @@ func TestFreestanding(t *testing.T) {
 	}
 }
 
+// fsdaxTiers is MEMKIND_MEM_TIERS for an FS_DAX heap in dir pmem, with no
+// size limit, as the tests use it.
+func fsdaxTiers(pmem string) string {
+	return "KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"
+}
+
+// fsdaxEnv is the whole environment of a test program run as target
+// under the preload lib with an FS_DAX heap in pmem, plus extra.
+func fsdaxEnv(lib, pmem, target string, extra ...string) []string {
+	env := []string{"LD_PRELOAD=" + lib, "PATH=/usr/bin:/bin", "PMEM_TARGET_PROCESSES=" + target, "MEMKIND_MEM_TIERS=" + fsdaxTiers(pmem)}
+	return append(env, extra...)
+}
+
 func TestSemantics(t *testing.T) {
 	libDir, prog := setup(t)
 	pmem := t.TempDir()
-	fsdax := "KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"
+	fsdax := fsdaxTiers(pmem)
 	tests := []struct {
 		name    string
 		env     []string
@@ -296,9 +309,7 @@ func TestShellToolsUnderPreload(t *testing.T) {
 	// As targets too, grep, sort, tr and sh (which forks) keep working.
 	for _, target := range []string{"redis-server", "grep,sort,tr,sh"} {
 		cmd := exec.Command("sh", "-c", "grep -c root /etc/passwd && echo b a | tr ' ' '\\n' | sort | tr '\\n' ' '")
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "LD_PRELOAD=" + filepath.Join(libDir, FileName),
-			"PMEM_TARGET_PROCESSES=" + target,
-			"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+		cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, target)
 		out, err := cmd.Output()
 		if err != nil || !strings.HasSuffix(string(out), "a b ") {
 			t.Errorf("targets %s: %v: %q", target, err, out)
@@ -328,8 +339,7 @@ func TestMusl(t *testing.T) {
 		{"semantics-musl", "fsdax", "heap on FS_DAX PMEM"},
 	} {
 		cmd := exec.Command(prog, tc.mode, pmem)
-		cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PMEM_TARGET_PROCESSES=" + tc.targets,
-			"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+		cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, tc.targets)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
@@ -373,8 +383,7 @@ func TestHeapDirForDroppedUID(t *testing.T) {
 		}
 	}
 	lib, prog := filepath.Join(base, FileName), filepath.Join(base, filepath.Base(prog))
-	env := []string{"LD_PRELOAD=" + lib, "PATH=/usr/bin:/bin", "PMEM_TARGET_PROCESSES=semantics",
-		"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+	env := fsdaxEnv(lib, pmem, "semantics")
 	run := func(uid uint32, argv ...string) (stdout, stderr string, pid int) {
 		t.Helper()
 		cmd := exec.Command(argv[0], argv[1:]...)
@@ -453,9 +462,7 @@ func TestThreadsAndSpawns(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			cmd := exec.CommandContext(ctx, prog, mode)
-			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
-				"PMEM_TARGET_PROCESSES=threads_spawn",
-				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "threads_spawn")
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
@@ -517,10 +524,8 @@ func TestWriteBack(t *testing.T) {
 			if tc.noThread {
 				thread = "0"
 			}
-			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
-				"PMEM_TARGET_PROCESSES=writeback", "PMEM_PRECOPY=" + tc.precopy, "PMEM_PAUSE_BUDGET_US=" + tc.budget,
-				"PMEM_WRITEBACK_THREAD=" + thread,
-				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "writeback",
+				"PMEM_PRECOPY="+tc.precopy, "PMEM_PAUSE_BUDGET_US="+tc.budget, "PMEM_WRITEBACK_THREAD="+thread)
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
@@ -612,9 +617,7 @@ func TestWriteBackIdle(t *testing.T) {
 				args = append(args, mode)
 			}
 			cmd := exec.CommandContext(ctx, prog, args...)
-			cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PATH=/usr/bin:/bin",
-				"PMEM_TARGET_PROCESSES=writeback_idle",
-				"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "writeback_idle")
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output()
@@ -664,8 +667,7 @@ func TestSigmask(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
 				cmd := exec.CommandContext(ctx, prog, mode)
-				cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(libDir, FileName), "PMEM_TARGET_PROCESSES=" + target,
-					"MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:0,RATIO:1;POLICY:STATIC_RATIO"}
+				cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, target)
 				var stderr strings.Builder
 				cmd.Stderr = &stderr
 				out, err := cmd.Output()
