@@ -42,23 +42,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "heapcheck.h"
 
-enum { PAGES = 4096, PG = 4096, NEWPAGES = 1024 };
+enum { NEWPAGES = 1024 };
 
-static unsigned char *heap;
 static uint64_t ver[PAGES]; // last version stored in each page (not in the heap)
 static int stop, pfd[2];
 // Once the child has exited the writer keeps to the lower half of the heap:
 // the upper half then holds private copies that nothing rewrites, so a page
 // the write-back failed to write cannot be healed by a later store.
 static int half;
-
-static void stamp(unsigned char *p, uint64_t i, uint64_t v) {
-	memcpy(p, &i, 8);
-	memcpy(p + 8, &v, 8);
-	memcpy(p + PG - 8, &v, 8);
-}
 
 static void *writer(void *arg) {
 	(void)arg;
@@ -79,85 +72,6 @@ static void *writer(void *arg) {
 		ver[i] = v;
 	}
 	return NULL;
-}
-
-// status reads one key of the status file. Raw open/read, no malloc: the
-// watcher thread calls it too, and a malloc that maps memory would be an
-// interposed call (it could run the write-back on that thread).
-static void status(const char *dir, const char *key, char *out, size_t cap) {
-	char path[512], buf[4096];
-	snprintf(path, sizeof path, "%s/pmem-status.%d", dir, (int)getpid());
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	CHECK(fd >= 0, "open the status file");
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	CHECK(n >= 0, "read the status file");
-	buf[n] = 0;
-	out[0] = 0;
-	size_t kl = strlen(key);
-	for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		if (strncmp(l, key, kl) == 0 && l[kl] == '=') {
-			size_t m = strcspn(l + kl + 1, "\n ");
-			if (m >= cap)
-				m = cap - 1;
-			memcpy(out, l + kl + 1, m);
-			out[m] = 0;
-			return;
-		}
-	}
-}
-
-static long status_num(const char *dir, const char *key) {
-	char v[64];
-	status(dir, key, v, sizeof v);
-	return atol(v);
-}
-
-// in_heap_file: the mapping holding p is a mapping of the heap file.
-static int in_heap_file(const void *p) {
-	FILE *f = fopen("/proc/self/maps", "r");
-	CHECK(f != NULL, "open maps");
-	char line[512];
-	int found = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && (uintptr_t)p >= lo && (uintptr_t)p < hi) {
-			found = strstr(line, "pmem-heap.") != NULL;
-			break;
-		}
-	}
-	fclose(f);
-	return found;
-}
-
-// heap_maps tells how the heap's pages are mapped now: *shared and
-// *privat count the heap-file mappings inside [heap, heap + PAGES pages)
-// that are MAP_SHARED (rw-s) and MAP_PRIVATE (rw-p). Raw read into a static
-// buffer: no malloc, which could call mmap and wait for the preload's lock.
-static void heap_maps(int *shared, int *privat) {
-	static char b[1 << 16];
-	*shared = *privat = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	CHECK(fd >= 0, "open maps");
-	size_t n = 0;
-	for (ssize_t r; n < sizeof b - 1 && (r = read(fd, b + n, sizeof b - 1 - n)) > 0;)
-		n += (size_t)r;
-	close(fd);
-	b[n] = 0;
-	for (char *l = b; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		unsigned long lo, hi;
-		char perms[5];
-		if (sscanf(l, "%lx-%lx %4s", &lo, &hi, perms) != 3)
-			continue;
-		char *eol = strchr(l, '\n');
-		size_t len = eol ? (size_t)(eol - l) : strlen(l);
-		if (hi <= (uintptr_t)heap || lo >= (uintptr_t)heap + (size_t)PAGES * PG || !memmem(l, len, "pmem-heap.", 10))
-			continue;
-		if (perms[3] == 's')
-			(*shared)++;
-		else
-			(*privat)++;
-	}
 }
 
 static const char *mode = "plain", *pdir;

@@ -51,20 +51,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "heapcheck.h"
 
-enum { PAGES = 4096, PG = 4096 };
-
-static unsigned char *heap;
 static uint64_t ver[PAGES];
 static int stop, half, pfd[2];
 static const char *dir;
-
-static void stamp(unsigned char *p, uint64_t i, uint64_t v) {
-	memcpy(p, &i, 8);
-	memcpy(p + 8, &v, 8);
-	memcpy(p + PG - 8, &v, 8);
-}
 
 static void *writer(void *arg) {
 	(void)arg;
@@ -129,38 +120,6 @@ static void *sigwaiter(void *arg) {
 	}
 }
 
-// status reads one key of the status file (raw open/read).
-static void status(const char *key, char *out, size_t cap) {
-	char path[512], buf[4096];
-	snprintf(path, sizeof path, "%s/pmem-status.%d", dir, (int)getpid());
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	CHECK(fd >= 0, "open the status file");
-	ssize_t n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	CHECK(n >= 0, "read the status file");
-	buf[n] = 0;
-	out[0] = 0;
-	size_t kl = strlen(key);
-	for (char *l = buf; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		if (strncmp(l, key, kl) == 0 && l[kl] == '=') {
-			size_t m = strcspn(l + kl + 1, "\n");
-			while (m > 0 && l[kl + m] == ' ')
-				m--;
-			if (m >= cap)
-				m = cap - 1;
-			memcpy(out, l + kl + 1, m);
-			out[m] = 0;
-			return;
-		}
-	}
-}
-
-static long status_num(const char *key) {
-	char v[64];
-	status(key, v, sizeof v);
-	return atol(v);
-}
-
 // sigblk returns the SigBlk mask of thread tid.
 static unsigned long long sigblk(int tid) {
 	char path[64], buf[4096];
@@ -188,42 +147,6 @@ static void thread_comm(int tid, char *out, size_t cap) {
 	out[n > 0 ? n : 0] = 0;
 	if (n > 0 && out[n - 1] == '\n')
 		out[n - 1] = 0;
-}
-
-static int in_heap_file(const void *p) {
-	FILE *f = fopen("/proc/self/maps", "r");
-	CHECK(f != NULL, "open maps");
-	char line[512];
-	int found = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && (uintptr_t)p >= lo && (uintptr_t)p < hi) {
-			found = strstr(line, "pmem-heap.") != NULL;
-			break;
-		}
-	}
-	fclose(f);
-	return found;
-}
-
-// heap_maps counts the heap-file mappings of the heap, shared and private.
-static void heap_maps(int *shared, int *privat) {
-	FILE *f = fopen("/proc/self/maps", "r");
-	CHECK(f != NULL, "open maps");
-	char line[512];
-	*shared = *privat = 0;
-	while (fgets(line, sizeof line, f)) {
-		unsigned long lo, hi;
-		char perms[5];
-		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3 || hi <= (uintptr_t)heap ||
-		    lo >= (uintptr_t)heap + (size_t)PAGES * PG || !strstr(line, "pmem-heap."))
-			continue;
-		if (perms[3] == 's')
-			(*shared)++;
-		else
-			(*privat)++;
-	}
-	fclose(f);
 }
 
 static long now_ms(void) {
@@ -320,12 +243,12 @@ int main(int argc, char **argv) {
 		// pause's signal cuts a usleep short: sleep to a deadline.
 		for (long d = now_ms() + 1500; now_ms() < d;)
 			usleep(10000);
-		status("heap_shared", shared, sizeof shared);
+		status(dir, "heap_shared", shared, sizeof shared);
 		int n62 = __atomic_load_n(&got62, __ATOMIC_RELAXED);
-		if (n62 != 0 || !__atomic_load_n(&waiting, __ATOMIC_ACQUIRE) || status_num("restores") != 0) {
+		if (n62 != 0 || !__atomic_load_n(&waiting, __ATOMIC_ACQUIRE) || status_num(dir, "restores") != 0) {
 			fprintf(stderr, "FAIL with a thread in sigwaitinfo on every signal: it was handed signal 62 %d times, "
 					"restores=%ld heap_shared=%s (want 0 times and no write-back while it waits)\n",
-				n62, status_num("restores"), shared);
+				n62, status_num(dir, "restores"), shared);
 			exit(1);
 		}
 		CHECK(pthread_kill(sw, SIGUSR1) == 0 && pthread_join(sw, NULL) == 0, "end the signal thread's wait");
@@ -333,17 +256,17 @@ int main(int argc, char **argv) {
 	}
 	long after = -1;
 	for (;;) {
-		status("heap_shared", shared, sizeof shared);
-		if (status_num("restores") >= 1 && strcmp(shared, "1") == 0) {
+		status(dir, "heap_shared", shared, sizeof shared);
+		if (status_num(dir, "restores") >= 1 && strcmp(shared, "1") == 0) {
 			after = now_ms() - t0;
 			break;
 		}
 		if (now_ms() - t0 > 20000) {
 			char wt[200];
-			status("writeback_thread", wt, sizeof wt);
+			status(dir, "writeback_thread", wt, sizeof wt);
 			fprintf(stderr, "FAIL no write-back within 20 s of the child's exit with no mmap/munmap/madvise call: "
 					"restores=%ld restore_retries=%ld writeback_thread=%s heap_shared=%s\n",
-				status_num("restores"), status_num("restore_retries"), wt, shared);
+				status_num(dir, "restores"), status_num(dir, "restore_retries"), wt, shared);
 			exit(1);
 		}
 		usleep(10000);
@@ -386,8 +309,8 @@ int main(int argc, char **argv) {
 	for (size_t k = 0; k < 256 * PG; k += 512)
 		CHECK(young[k] == 0x5a, "its contents survived the write-back");
 	char by[32], comm[32];
-	status("restore_last_thread", by, sizeof by);
-	long wtid = status_num("writeback_thread");
+	status(dir, "restore_last_thread", by, sizeof by);
+	long wtid = status_num(dir, "writeback_thread");
 	thread_comm((int)wtid, comm, sizeof comm);
 	if (strcmp(by, blocker ? "app" : "writeback") != 0 || wtid <= 0 || strcmp(comm, "pmem-writeback") != 0) {
 		fprintf(stderr, "FAIL restore_last_thread=%s writeback_thread=%ld (comm %s): want %s\n", by, wtid, comm,
@@ -407,12 +330,12 @@ int main(int argc, char **argv) {
 		CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0, "second child");
 		long t1 = now_ms();
 		for (;;) {
-			status("heap_shared", shared, sizeof shared);
+			status(dir, "heap_shared", shared, sizeof shared);
 			if (strstr(shared, "for good"))
 				break;
 			if (now_ms() - t1 > 20000 || strcmp(shared, "1") == 0) {
 				fprintf(stderr, "FAIL after the application took signal 62: heap_shared=%s restores=%ld\n", shared,
-					status_num("restores"));
+					status_num(dir, "restores"));
 				exit(1);
 			}
 			usleep(10000);
