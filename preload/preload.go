@@ -105,10 +105,18 @@ func StatusContainer(env []string) string {
 			break // the preload takes the first
 		}
 	}
-	if v == "" || len(v) > 63 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+	if !ValidContainerName(v) {
 		return ""
 	}
 	return v
+}
+
+// ValidContainerName reports whether s is what the preload accepts in
+// PMEM_CONTAINER_NAME (and so puts into a file name): 1 to 63 of
+// [a-z0-9-], a DNS label's characters, as every Kubernetes container name
+// is. Anything else the preload ignores.
+func ValidContainerName(s string) bool {
+	return s != "" && len(s) <= 63 && strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
 }
 
 // ReadStatus reads the record at StatusPath(dir, container, pid) into a map.

@@ -1105,6 +1105,33 @@ static long now_us(void)
 }
 static long now_ms(void) { return now_us() / 1000; }
 
+// hex_digits parses the lowercase hex digits at b[*i] (as /proc writes
+// them), moving *i past them.
+static unsigned long hex_digits(const char *b, int n, int *i)
+{
+	unsigned long v = 0;
+	int j = *i;
+	for (; j < n && ((b[j] >= '0' && b[j] <= '9') || (b[j] >= 'a' && b[j] <= 'f')); j++)
+		v = v * 16 + (unsigned long)(b[j] <= '9' ? b[j] - '0' : b[j] - 'a' + 10);
+	*i = j;
+	return v;
+}
+
+// hex_field finds the line "key<hex>" in the n bytes of b (a /proc status
+// or fdinfo file; key ends with its separator) and parses its value.
+// Returns 0 if there is no such line, else 1.
+static int hex_field(const char *b, int n, const char *key, unsigned long *out)
+{
+	int kl = (int)slen(key);
+	for (int i = 0; i + kl < n; i++)
+		if ((i == 0 || b[i - 1] == '\n') && prefix(b + i, (size_t)(n - i), key)) {
+			i += kl;
+			*out = hex_digits(b, n, &i);
+			return 1;
+		}
+	return 0;
+}
+
 // blocks_pause reports whether thread tid blocks PAUSE_SIG (SigBlk in its
 // status): such a thread (jemalloc's background thread blocks every signal)
 // cannot be paused, so the write-back may only run on that thread itself.
@@ -1118,14 +1145,9 @@ static int blocks_pause(unsigned long tid)
 	bs(&x, "/status");
 	x.b[x.n] = 0;
 	int n = read_file(x.b, b, sizeof b);
-	for (int i = 0; i + 8 < n; i++) {
-		if (prefix(b + i, (size_t)(n - i), "SigBlk:\t")) {
-			unsigned long m = 0;
-			for (int j = i + 8; j < n && b[j] != '\n'; j++)
-				m = m * 16 + (unsigned long)(b[j] <= '9' ? b[j] - '0' : b[j] - 'a' + 10);
-			return (m >> (PAUSE_SIG - 1)) & 1;
-		}
-	}
+	unsigned long m;
+	if (hex_field(b, n, "SigBlk:\t", &m))
+		return (m >> (PAUSE_SIG - 1)) & 1;
 	return 1; // unknown: assume it cannot be paused
 }
 
@@ -1133,12 +1155,11 @@ static int blocks_pause(unsigned long tid)
 // them), moving *i past it and one separator. Returns 0 if there is none.
 static unsigned long hex_at(const char *b, int n, int *i)
 {
-	unsigned long v = 0;
 	int j = *i;
 	if (j + 2 > n || b[j] != '0' || b[j + 1] != 'x')
 		return 0;
-	for (j += 2; j < n && ((b[j] >= '0' && b[j] <= '9') || (b[j] >= 'a' && b[j] <= 'f')); j++)
-		v = v * 16 + (unsigned long)(b[j] <= '9' ? b[j] - '0' : b[j] - 'a' + 10);
+	j += 2;
+	unsigned long v = hex_digits(b, n, &j);
 	*i = j + 1;
 	return v;
 }
@@ -1189,13 +1210,9 @@ static int takes_pause_sig(unsigned long tid)
 		bu(&y, arg1);
 		y.b[y.n] = 0;
 		int m = read_file(y.b, f, sizeof f);
-		for (int k = 0; k + 9 < m; k++)
-			if (prefix(f + k, (size_t)(m - k), "sigmask:\t")) {
-				unsigned long v = 0;
-				for (int j = k + 9; j < m && f[j] != '\n'; j++)
-					v = v * 16 + (unsigned long)(f[j] <= '9' ? f[j] - '0' : f[j] - 'a' + 10);
-				return (v >> (PAUSE_SIG - 1)) & 1;
-			}
+		unsigned long v;
+		if (hex_field(f, m, "sigmask:\t", &v))
+			return (v >> (PAUSE_SIG - 1)) & 1;
 	}
 	return 0;
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/pmem-webhook/pmem-webhook/patch"
+	"github.com/pmem-webhook/pmem-webhook/preload"
 )
 
 // placementScript prints the status records of the preload's processes that
@@ -78,7 +79,7 @@ func placementTargets(p *corev1.Pod) []placementTarget {
 			for _, e := range c.Env {
 				// The preload ignores a value that is not a DNS label (and
 				// the name goes into a shell glob): so does this.
-				if e.Name == patch.EnvContainerName && dnsLabel(e.Value) {
+				if e.Name == patch.EnvContainerName && preload.ValidContainerName(e.Value) {
 					t.name = e.Value
 				}
 			}
@@ -87,12 +88,6 @@ func placementTargets(p *corev1.Pod) []placementTarget {
 		}
 	}
 	return out
-}
-
-// dnsLabel reports whether s is 1 to 63 of [a-z0-9-], what the preload
-// accepts in PMEM_CONTAINER_NAME.
-func dnsLabel(s string) bool {
-	return s != "" && len(s) <= 63 && strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
 }
 
 // placement reads what the preload placed, through `exec` into each
