@@ -26,10 +26,7 @@ func withoutContainerName(pod *corev1.Pod) *corev1.Pod {
 // which the preload puts in its status file's name (two containers of a
 // pod are both pid 1).
 func TestContainerNameEnv(t *testing.T) {
-	res, err := Apply(loadPod(t, "forking-redis.yaml"), testConfig())
-	if err != nil || res.Decision != Injected {
-		t.Fatalf("Apply = %v, %v", res, err)
-	}
+	res := mustInject(t, loadPod(t, "forking-redis.yaml"), testConfig())
 	n := 0
 	for _, c := range res.Pod.Spec.Containers {
 		if v, ok := envOf(c.Env, EnvContainerName); ok {
@@ -53,10 +50,7 @@ func TestOlderInjectionWithoutContainerName(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			cfg := testConfig()
 			orig := loadPod(t, name+".yaml")
-			res, err := Apply(orig, cfg)
-			if err != nil || res.Decision != Injected {
-				t.Fatalf("Apply = %v, %v", res, err)
-			}
+			res := mustInject(t, orig, cfg)
 			old := withoutContainerName(res.Pod)
 			if equality.Semantic.DeepEqual(old, res.Pod) {
 				t.Fatalf("injected pod carries no %s", EnvContainerName)

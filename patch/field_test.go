@@ -215,11 +215,7 @@ func TestNativeSidecarTargets(t *testing.T) {
 // configuration give; otherwise it is denied with the difference.
 func TestStatusAnnotationNotTrustedAlone(t *testing.T) {
 	injected := func(t *testing.T, file string) *corev1.Pod {
-		res, err := Apply(loadPod(t, file), testConfig())
-		if err != nil || res.Decision != Injected {
-			t.Fatalf("Apply(%s) = %+v, %v", file, res, err)
-		}
-		return res.Pod.DeepCopy()
+		return mustInject(t, loadPod(t, file), testConfig()).Pod.DeepCopy()
 	}
 	cases := []struct {
 		name   string

@@ -58,6 +58,16 @@ func comparePod(t *testing.T, golden string, got *corev1.Pod) {
 	}
 }
 
+// mustInject applies cfg to pod and fails the test unless it is injected.
+func mustInject(t *testing.T, pod *corev1.Pod, cfg *Config) *Result {
+	t.Helper()
+	res, err := Apply(pod, cfg)
+	if err != nil || res.Decision != Injected {
+		t.Fatalf("Apply(%s) = %+v, %v; want injected", pod.Name, res, err)
+	}
+	return res
+}
+
 func TestApplyGolden(t *testing.T) {
 	cases := []struct {
 		name         string

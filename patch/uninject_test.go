@@ -66,10 +66,7 @@ func TestUninjectRoundTrip(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			cfg := testConfig()
 			orig := loadPod(t, name+".yaml")
-			res, err := Apply(orig, cfg)
-			if err != nil || res.Decision != Injected {
-				t.Fatalf("Apply = %v, %v", res, err)
-			}
+			res := mustInject(t, orig, cfg)
 			injected := dropOptIn(res.Pod)
 			before := injected.DeepCopy()
 			un, err := Uninject(injected, cfg)
