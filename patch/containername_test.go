@@ -110,3 +110,22 @@ func TestOlderInjectionWithoutContainerName(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnedEnvInNonTarget: a container the injector does not target that
+// sets one of the injector's variables is refused up front. Accepted, the
+// injected pod was then refused when checked again (reinvocation,
+// pmem-inject on its own output) and un-injection dropped the user's value.
+func TestOwnedEnvInNonTarget(t *testing.T) {
+	for _, name := range []string{EnvMemTiers, EnvTargetProcesses, EnvContainerName} {
+		t.Run(name, func(t *testing.T) {
+			pod := loadPod(t, "redis-exporter.yaml")
+			exporter := &pod.Spec.Containers[1]
+			if exporter.Name != "exporter" {
+				t.Fatalf("container 1 is %q, want exporter (a non-target)", exporter.Name)
+			}
+			exporter.Env = append(exporter.Env, corev1.EnvVar{Name: name, Value: "x"})
+			_, err := Apply(pod, testConfig())
+			assertDenied(t, err, []string{`container "exporter" already sets ` + name + ", which the PMEM injector owns"})
+		})
+	}
+}

@@ -520,6 +520,16 @@ func checkCollisions(pod *corev1.Pod, targets []target, cfg *Config) error {
 		if c.Name == InitContainerName {
 			errs = append(errs, fmt.Errorf("pod already has a container named %q; the PMEM injector needs that name for its init container: rename the container", c.Name))
 		}
+		// In any container, not only the targets: checking an injected pod
+		// again (reinvocation, pmem-inject) and un-injecting it read these
+		// names as the injector's wherever they are, so a non-target
+		// container carrying one was injected once, then refused, and its
+		// value dropped by un-injection (found in the field re-run).
+		for _, e := range c.Env {
+			if e.Name == EnvMemTiers || e.Name == EnvTargetProcesses || e.Name == EnvContainerName {
+				errs = append(errs, fmt.Errorf("container %q already sets %s, which the PMEM injector owns: remove it and use the pmem.alibabacloud.com/* annotations", c.Name, e.Name))
+			}
+		}
 	}
 	for _, t := range targets {
 		c := t.of(&pod.Spec)
@@ -535,8 +545,6 @@ func checkCollisions(pod *corev1.Pod, targets []target, cfg *Config) error {
 				if e.ValueFrom != nil {
 					errs = append(errs, fmt.Errorf("container %q sets %s with valueFrom, which cannot be joined with the PMEM preload at admission: set it as a plain value", c.Name, EnvLDPreload))
 				}
-			case EnvMemTiers, EnvTargetProcesses, EnvContainerName:
-				errs = append(errs, fmt.Errorf("container %q already sets %s, which the PMEM injector owns: remove it and use the pmem.alibabacloud.com/* annotations", c.Name, e.Name))
 			}
 		}
 	}
