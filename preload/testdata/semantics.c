@@ -38,15 +38,18 @@ static const char *pmem_dir;
 
 // mapping_of returns the path of the mapping holding p ("" for anonymous),
 // "?" when unmapped.
-static const char *mapping_of(const void *p, char *out, size_t len)
+// maps_entry finds the mapping holding p in /proc/self/maps: its
+// permissions ("rw-p", "---p"; "?" if none) and path ("" for anonymous).
+static const char *maps_entry(const void *p, char perms[5], char *out, size_t len)
 {
 	FILE *f = fopen("/proc/self/maps", "r");
 	char line[4096];
 	snprintf(out, len, "?");
+	snprintf(perms, 5, "?");
 	while (f && fgets(line, sizeof line, f)) {
 		unsigned long lo, hi;
 		int off = 0;
-		if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &lo, &hi, &off) < 2)
+		if (sscanf(line, "%lx-%lx %4s %*s %*s %*s %n", &lo, &hi, perms, &off) < 3)
 			continue;
 		if ((uintptr_t)p >= lo && (uintptr_t)p < hi) {
 			char *path = line + off;
@@ -54,10 +57,17 @@ static const char *mapping_of(const void *p, char *out, size_t len)
 			snprintf(out, len, "%s", path);
 			break;
 		}
+		snprintf(perms, 5, "?");
 	}
 	if (f)
 		fclose(f);
 	return out;
+}
+
+static const char *mapping_of(const void *p, char *out, size_t len)
+{
+	char perms[5];
+	return maps_entry(p, perms, out, len);
 }
 
 static int on_pmem(const void *p)
@@ -133,6 +143,16 @@ int main(int argc, char **argv)
 	CHECK(all(a, 8 * M, 0), "fresh mapping not zero");
 	memset(a, 0xab, 8 * M);
 	CHECK(on_pmem(a) == fsdax, "8 MiB mapping at %p is %s", (void *)a, mapping_of(a, buf, sizeof buf));
+	if (fsdax) {
+		// The first placement is at the range's base, which has a
+		// reserved PROT_NONE guard page below it (and one above the
+		// range): no other mapping is adjacent, so no allocator extent
+		// can straddle the edge of the range.
+		char perms[5];
+		maps_entry(a - P, perms, buf, sizeof buf);
+		CHECK(strcmp(perms, "---p") == 0 && buf[0] == 0, "the page below the heap range at %p is %s %s, want a ---p guard",
+		      (void *)a, perms, buf);
+	}
 
 	// 2. Partial munmap (jemalloc trims head and tail): the middle survives,
 	// the ends are gone, and their pages come back as zeros when reused.

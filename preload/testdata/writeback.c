@@ -23,8 +23,14 @@
 //   private again (no shared chunk left for a fork to share), the status
 //   must count the retry, and once the thread unblocks the write-back must
 //   finish with every page intact.
+// - madvise: purges a page (MADV_DONTNEED, as jemalloc does) and stamps it
+//   again. The call finds the heap private and waits for the preload's
+//   lock, which the write-back holds to its end: the purge must then be
+//   one of a shared heap (the page stays a mapping of the heap file), not
+//   anonymous zeros that the next fork maps the file over (the stamp
+//   lost: Redis served zeros from its reply buffers that way).
 //
-// Usage: writeback PMEMDIR [plain|forkagain|blocker]. Prints "PASS rounds=R
+// Usage: writeback PMEMDIR [plain|forkagain|blocker|madvise]. Prints "PASS rounds=R
 // bytes_pause=B bytes_precopy=C pauses=P cycles=N mixed=M" or exits 1.
 // Cycles repeat (at most 8) until one had the case under test: a pre-copy
 // round and pages written in the pause (plain), the mixed state seen by the
@@ -100,6 +106,12 @@ static void forkcheck(void) {
 	_exit(0);
 }
 
+static void verify(const char *what);
+
+// purged is the page the madvise mode purges and stamps: in the upper half,
+// which the writer leaves alone once the child has exited.
+enum { PURGED = PAGES - 3 };
+
 static void *watcher(void *arg) {
 	(void)arg;
 	struct timespec t0, t;
@@ -136,6 +148,15 @@ static void *watcher(void *arg) {
 			exit(1);
 		}
 		forked_again = 1;
+	} else if (strcmp(mode, "madvise") == 0 && mixed) {
+		unsigned char *p = heap + (size_t)PURGED * PG;
+		CHECK(madvise(p, PG, MADV_DONTNEED) == 0, "madvise");
+		uint64_t z;
+		memcpy(&z, p, 8);
+		CHECK(z == 0, "a purged page reads zero");
+		ver[PURGED]++;
+		stamp(p, PURGED, ver[PURGED]);
+		mixed_seen++;
 	} else if (strcmp(mode, "blocker") == 0 && mixed) {
 		sigset_t s62, old;
 		sigemptyset(&s62);
@@ -266,6 +287,21 @@ int main(int argc, char **argv) {
 		for (size_t k = 0; k < (size_t)NEWPAGES * PG; k += 512)
 			CHECK(young[k] == 0x40 + cycle, "its contents survived the write-back");
 		CHECK(munmap(young, (size_t)NEWPAGES * PG) == 0, "munmap");
+		if (strcmp(mode, "madvise") == 0 && mixed_seen > mixed0) {
+			if (!in_heap_file(heap + (size_t)PURGED * PG)) {
+				fprintf(stderr, "FAIL page %d, purged while the write-back ran, is not a mapping of the heap file after it (anonymous memory in a shared heap)\n", PURGED);
+				exit(1);
+			}
+			// The next fork maps the heap private from the file: what
+			// the page held must be in the file.
+			pid_t pid = fork();
+			CHECK(pid >= 0, "fork after the purge");
+			if (pid == 0)
+				_exit(0);
+			int st2;
+			CHECK(waitpid(pid, &st2, 0) == pid, "waitpid");
+			verify("after a fork that followed the purge");
+		}
 		rounds = status_num(dir, "restore_last_precopy_rounds");
 		inpause = status_num(dir, "restore_last_bytes_pause");
 		pre = status_num(dir, "restore_last_bytes_precopy");
