@@ -81,6 +81,26 @@ func buildC(t *testing.T, src, name string) string {
 	return prog
 }
 
+// runPASS runs a test program that prints "PASS key=value ..." on success,
+// fails the test with its stderr otherwise, logs the line and returns the
+// numeric values by key.
+func runPASS(t *testing.T, cmd *exec.Cmd) map[string]int {
+	t.Helper()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil || !strings.HasPrefix(string(out), "PASS ") {
+		t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
+	got := map[string]int{}
+	for _, f := range strings.Fields(string(out))[1:] {
+		k, v, _ := strings.Cut(f, "=")
+		got[k], _ = strconv.Atoi(v)
+	}
+	return got
+}
+
 func fsdaxEnv(lib, pmem, target string, extra ...string) []string {
 	env := []string{"LD_PRELOAD=" + lib, "PATH=/usr/bin:/bin", "PMEM_TARGET_PROCESSES=" + target, "MEMKIND_MEM_TIERS=" + fsdaxTiers(pmem)}
 	return append(env, extra...)
@@ -533,18 +553,7 @@ func TestWriteBack(t *testing.T) {
 			}
 			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "writeback",
 				"PMEM_PRECOPY="+tc.precopy, "PMEM_PAUSE_BUDGET_US="+tc.budget, "PMEM_WRITEBACK_THREAD="+thread)
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil || !strings.HasPrefix(string(out), "PASS ") {
-				t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
-			}
-			t.Logf("%s", strings.TrimSpace(string(out)))
-			got := map[string]int{}
-			for _, f := range strings.Fields(string(out))[1:] {
-				k, v, _ := strings.Cut(f, "=")
-				got[k], _ = strconv.Atoi(v)
-			}
+			got := runPASS(t, cmd)
 			if tc.mode != "plain" && got["mixed"] == 0 {
 				t.Errorf("in %d cycles the watcher never acted while the heap was part shared, part private: the case under test did not happen", got["cycles"])
 			}
@@ -571,7 +580,7 @@ func TestWriteBack(t *testing.T) {
 				// userfaultfd or PAGEMAP_SCAN refused (a seccomp
 				// profile, a kernel before 6.7): the write-back was
 				// still checked, the pre-copy was not.
-				gate.Skip(t, gate.Node, "no pre-copy on this machine (userfaultfd/PAGEMAP_SCAN unavailable): "+string(out))
+				gate.Skip(t, gate.Node, fmt.Sprintf("no pre-copy on this machine (userfaultfd/PAGEMAP_SCAN unavailable): %v", got))
 			case tc.wantPrecopy && got["bytes_pause"] == 0:
 				t.Errorf("no page was written between the pre-copy and the pause in %d cycles: the case under test did not happen", got["cycles"])
 			}
@@ -623,18 +632,7 @@ func TestWriteBackNewThreads(t *testing.T) {
 			defer cancel()
 			cmd := exec.CommandContext(ctx, prog, pmem, "3")
 			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "wb_newthreads", "PMEM_PRECOPY="+precopy, "PMEM_PAUSE_BUDGET_US=1")
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil || !strings.HasPrefix(string(out), "PASS ") {
-				t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
-			}
-			t.Logf("%s", strings.TrimSpace(string(out)))
-			got := map[string]int{}
-			for _, f := range strings.Fields(string(out))[1:] {
-				k, v, _ := strings.Cut(f, "=")
-				got[k], _ = strconv.Atoi(v)
-			}
+			got := runPASS(t, cmd)
 			// The case under test needs write-backs while threads come and go.
 			if got["restores"] < 10 || got["threads"] < 10 {
 				t.Errorf("only %d write-backs and %d threads created: the case under test barely happened", got["restores"], got["threads"])
