@@ -439,6 +439,20 @@ func TestHeapDirForDroppedUID(t *testing.T) {
 		t.Errorf("uid 999 without PATH/heap: stdout %q, stderr lacks %q:\n%s", out, want, log)
 	}
 
+	// A PATH this uid cannot reach (a 0700 directory above it): the line
+	// says so, not that the volume root is unwritable (field re-run: seen
+	// with a 0700 TMPDIR).
+	locked := filepath.Join(base, "locked")
+	if err := os.MkdirAll(filepath.Join(locked, "pmem"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	env = fsdaxEnv(lib, filepath.Join(locked, "pmem"), "semantics")
+	out, log, _ = run(999, prog, "fallback")
+	if want := "(this uid cannot reach " + filepath.Join(locked, "pmem") + ": a directory above it denies search permission); heap stays on DRAM"; !strings.HasPrefix(out, "PASS ") || !strings.Contains(log, want) {
+		t.Errorf("uid 999 below a 0700 directory: stdout %q, stderr lacks %q:\n%s", out, want, log)
+	}
+	env = fsdaxEnv(lib, pmem, "semantics")
+
 	// A root process that is not a target (the entrypoint shell): silent,
 	// and PATH/heap is root-owned 01777. The volume root is unchanged.
 	if _, log, _ = run(0, "/bin/sh", "-c", "true"); log != "" {

@@ -164,6 +164,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define O_DIRECTORY 0200000
 #define O_NOFOLLOW 0400000
 #endif
+#define O_PATH 010000000
 #define AT_FDCWD (-100)
 #define FALLOC_FL_KEEP_SIZE 1
 #define FALLOC_FL_PUNCH_HOLE 2
@@ -174,6 +175,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define ESRCH 3
 #define EACCES 13
 #define EROFS 30
+#define ENOENT 2
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -2583,6 +2585,13 @@ static int setup_fsdax(unsigned long limit)
 		memcpy(st.dir + pl, "/heap", 6);
 		int fd2 = open_heap(st.dir, alt, sizeof alt);
 		if (fd2 < 0) {
+			// Say which of the three it is. O_PATH needs no permission
+			// on PATH itself, only search permission on the directories
+			// above it: EACCES there means this uid cannot reach PATH at
+			// all (a 0700 parent), which no heap dir would fix.
+			long pfd = sys_open(st.path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+			if (pfd >= 0)
+				sc(SYS_close, pfd, 0, 0);
 			struct buf b = {.n = 0};
 			logp(&b);
 			bs(&b, "FS_DAX tier: open ");
@@ -2593,9 +2602,20 @@ static int setup_fsdax(unsigned long limit)
 			bs(&b, alt);
 			bs(&b, ": errno ");
 			bu(&b, (unsigned long)-fd2);
-			bs(&b, " (the volume root is not writable by this uid and no root process of the pod made ");
-			bs(&b, st.dir);
-			bs(&b, " 01777); heap stays on DRAM");
+			if (pfd == -EACCES) {
+				bs(&b, " (this uid cannot reach ");
+				bs(&b, st.path);
+				bs(&b, ": a directory above it denies search permission)");
+			} else if (fd2 == -ENOENT) {
+				bs(&b, " (the volume root is not writable by this uid and no root process of the pod made ");
+				bs(&b, st.dir);
+				bs(&b, " 01777)");
+			} else {
+				bs(&b, " (neither the volume root nor ");
+				bs(&b, st.dir);
+				bs(&b, " is writable by this uid)");
+			}
+			bs(&b, "; heap stays on DRAM");
 			logline(&b);
 			return -1;
 		}
