@@ -658,7 +658,7 @@ func TestWriteBackNewThreads(t *testing.T) {
 func TestWriteBackIdle(t *testing.T) {
 	libDir, _ := setup(t)
 	prog := buildC(t, "testdata/writeback_idle.c", "writeback_idle")
-	for _, mode := range []string{"plain", "apphandler", "blocker", "sigwaiter"} {
+	for _, mode := range []string{"plain", "apphandler", "blocker", "sigwaiter", "sigfdwaiter"} {
 		t.Run(mode, func(t *testing.T) {
 			pmem := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
