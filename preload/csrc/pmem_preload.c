@@ -164,6 +164,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define O_DIRECTORY 0200000
 #define O_NOFOLLOW 0400000
 #endif
+#define O_PATH 010000000
 #define AT_FDCWD (-100)
 #define FALLOC_FL_KEEP_SIZE 1
 #define FALLOC_FL_PUNCH_HOLE 2
@@ -174,6 +175,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define ESRCH 3
 #define EACCES 13
 #define EROFS 30
+#define ENOENT 2
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -815,13 +817,12 @@ static int do_madvise(void *addr, size_t len, int advice)
 	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
 		if (advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE) {
 			len = (len + PAGE - 1) / PAGE * PAGE;
-			// Private or shared is decided under the lock: a call that
-			// found the heap private and then waited for the lock while
-			// the write-back made it shared again mapped anonymous
-			// zeros into a shared heap, and the next fork_prepare
-			// mapped the file back over whatever the allocator had
-			// stored there since (Redis served zeros, or crashed on a
-			// reply block, in test/matrix: ~1 run in 6).
+			// Private or shared is decided under the lock: the
+			// write-back may make the heap shared while this call
+			// waits for it, and anonymous zeros in a shared heap would
+			// be mapped over by the next fork_prepare (remap_private
+			// maps every in-use page from the file), losing what the
+			// allocator stores there meanwhile.
 			lock();
 			if (st.privat || st.child) {
 				// Zero pages without touching the file.
@@ -1269,53 +1270,80 @@ static void resume_others(void)
 // pause_others signals every other thread and waits (<= limit_us) until all
 // wait in the handler (others_pausable checked first; a thread started
 // since that blocks the signal makes this time out). Returns the number
-// paused, or -1 (resumed again).
+// paused, -1 (resumed again: retry later) or -2 (more threads than
+// PAUSE_MAX_THREADS: they cannot all be paused).
 //
 // One listing of /proc/self/task is not enough: a thread that was in
-// pthread_create (signals blocked around clone) when it was listed makes a
-// new thread, then pauses, and the new thread was never signalled: it ran
-// through the pause, and its stores between a chunk's pwrite and its remap
-// were lost, or it faulted in the moment a piece was unmapped (found in
-// review; TestWriteBackNewThreads). A listing spread over several
-// getdents calls can also skip a live thread when another exits between
-// them. So once every thread signalled is paused the tasks are listed
-// again, and new ones signalled, until a listing finds none: a paused
-// thread creates no thread, so that listing is complete.
+// pthread_create when it was listed (glibc and musl block every signal
+// around clone) makes a new thread and then pauses, and the new thread was
+// never signalled: it would run through the pause, its stores between a
+// chunk's pwrite and its remap lost, or fault on a piece being remapped
+// (TestWriteBackNewThreads). So once every thread signalled waits in the
+// handler the tasks are listed again, and new ones signalled, until a
+// listing finds none. A paused thread creates no thread, so that listing
+// misses only a thread that exits during it (getdents offsets shift),
+// which cannot run either.
 #define PAUSE_MAX_THREADS 4096
-static int signalled[PAUSE_MAX_THREADS]; // tids signalled by this pause (one pause at a time)
+#define PAUSE_SLOTS 8192 // open addressing, at most half full
+static uint64_t pause_slot[PAUSE_SLOTS]; // pause number << 32 | tid signalled by that pause
+static unsigned pause_gen;
+
+// signalled_before records tid as signalled by this pause and reports
+// whether it already was (1), or that the table is full (-1: at most
+// PAUSE_MAX_THREADS tids per pause, so a probe always ends at a free
+// slot). A pause number in each slot means the table is never cleared
+// (one pause at a time: the restoring thread's).
+static unsigned pause_used;
+static int signalled_before(int tid)
+{
+	uint64_t key = (uint64_t)pause_gen << 32 | (unsigned)tid;
+	for (unsigned h = ((unsigned)tid * 2654435761u) & (PAUSE_SLOTS - 1);; h = (h + 1) & (PAUSE_SLOTS - 1)) {
+		if (pause_slot[h] == key)
+			return 1;
+		if (pause_slot[h] >> 32 != pause_gen) { // free: empty or an older pause's
+			if (pause_used == PAUSE_MAX_THREADS)
+				return -1;
+			pause_used++;
+			pause_slot[h] = key;
+			return 0;
+		}
+	}
+}
+
 static int pause_others(long limit_us)
 {
 	static char dents[4096];
-	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0, ns = 0;
+	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0;
+	if (++pause_gen == 0) { // wrapped: slots of pause 0 would look current
+		memset(pause_slot, 0, sizeof pause_slot);
+		pause_gen = 1;
+	}
+	pause_used = 0;
 	__atomic_store_n(&hold, 1, __ATOMIC_SEQ_CST);
-	long t0 = now_us();
+	long t0 = 0;
 	for (int pass = 0; pass < 64; pass++) {
 		int fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
 		if (fd < 0) {
 			resume_others();
 			return -1;
 		}
-		int fresh = 0, unsent = 0;
-		for (int k = 0; k < 64 && !unsent; k++) {
+		int fresh = 0, fail = 0;
+		for (int k = 0; k < 64 && !fail; k++) {
 			long r = sc(SYS_getdents64, fd, dents, sizeof dents);
 			if (r <= 0)
 				break;
-			for (long o = 0; o < r && !unsent;) {
+			for (long o = 0; o < r && !fail;) {
 				unsigned short reclen = *(unsigned short *)(dents + o + 16);
 				const char *name = dents + o + 19;
 				unsigned long tid;
 				o += reclen;
 				if (name[0] == '.' || parse_u(name, slen(name), &tid) || (int)tid == self || (int)tid == st.wb_tid)
 					continue;
-				int seen = 0;
-				for (int q = 0; q < ns && !seen; q++)
-					seen = signalled[q] == (int)tid;
-				if (seen)
+				int seen = signalled_before((int)tid);
+				if (seen > 0)
 					continue;
-				// More threads than the table holds: a tid not
-				// recorded would be signalled again and counted twice.
-				if (ns == PAUSE_MAX_THREADS) {
-					unsent = 1;
+				if (seen < 0) {
+					fail = -2;
 					break;
 				}
 				// ESRCH: the thread has exited. Any other failure
@@ -1323,21 +1351,22 @@ static int pause_others(long limit_us)
 				// running thread out of the pause: give the pause up.
 				long e = sc(SYS_tgkill, st.pid, tid, PAUSE_SIG);
 				if (e == 0) {
-					signalled[ns++] = (int)tid;
 					n++;
 					fresh++;
 				} else if (e != -ESRCH) {
-					unsent = 1;
+					fail = -1;
 				}
 			}
 		}
 		sc(SYS_close, fd, 0, 0);
-		if (unsent) {
+		if (fail) {
 			resume_others();
-			return -1;
+			return fail;
 		}
 		if (pass > 0 && !fresh)
 			return n;
+		if (pass == 0)
+			t0 = now_us(); // the limit is for the threads to arrive
 		for (int p; (p = __atomic_load_n(&paused, __ATOMIC_SEQ_CST)) < n;) {
 			long left = limit_us - (now_us() - t0);
 			if (left <= 0) {
@@ -1853,7 +1882,7 @@ static void try_restore(void)
 	punch_zbits();
 	span(&lo, &hi);
 	st.ph_stop = st.ph_write = st.ph_remap = st.ph_pause = st.ph_longest = st.ph_longest_stop = st.ph_gaps = st.pauses = st.stop_retries = 0;
-	int ok = 1, timeout = 0, soft = 0, lost = 0;
+	int ok = 1, timeout = 0, soft = 0, lost = 0, toomany = 0;
 	unsigned long w0 = __atomic_load_n(&st.lock_waits, __ATOMIC_RELAXED);
 	size_t a = lo;
 	long ts = now_us(), t3 = ts;
@@ -1873,6 +1902,13 @@ static void try_restore(void)
 			break;
 		}
 		int n = pause_others(hard ? 200000 : STOP_SOFT_US);
+		if (n == -2) {
+			// More threads than a pause can track: no pause will
+			// ever stop them all. Undo, and stay private for good.
+			toomany = 1;
+			ok = 0;
+			break;
+		}
 		if (n < 0) {
 			// The threads that did stop were stopped this long: it
 			// counts as a pause (restore_max_ms).
@@ -1975,7 +2011,9 @@ static void try_restore(void)
 		st.norestore = 1;
 		if (lost)
 			handler_ok = -1;
-		setwhy(lost ? "the application replaced the preload's signal 62 handler" : "write-back to the heap file failed");
+		setwhy(lost      ? "the application replaced the preload's signal 62 handler"
+		       : toomany ? "more than 4096 threads to pause"
+				 : "write-back to the heap file failed");
 		write_status();
 		return;
 	}
@@ -2583,6 +2621,17 @@ static int setup_fsdax(unsigned long limit)
 		memcpy(st.dir + pl, "/heap", 6);
 		int fd2 = open_heap(st.dir, alt, sizeof alt);
 		if (fd2 < 0) {
+			// Say which it is. O_PATH needs no permission on the last
+			// component, only search permission on the directories
+			// above it: EACCES for PATH means a directory above PATH
+			// denies it (no heap dir would help), for PATH/heap that
+			// PATH itself does.
+			long pfd = sys_open(st.path, O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+			if (pfd >= 0)
+				sc(SYS_close, pfd, 0, 0);
+			long hfd = pfd >= 0 ? sys_open(st.dir, O_PATH | O_DIRECTORY | O_CLOEXEC, 0) : pfd;
+			if (hfd >= 0 && pfd >= 0)
+				sc(SYS_close, hfd, 0, 0);
 			struct buf b = {.n = 0};
 			logp(&b);
 			bs(&b, "FS_DAX tier: open ");
@@ -2593,9 +2642,24 @@ static int setup_fsdax(unsigned long limit)
 			bs(&b, alt);
 			bs(&b, ": errno ");
 			bu(&b, (unsigned long)-fd2);
-			bs(&b, " (the volume root is not writable by this uid and no root process of the pod made ");
-			bs(&b, st.dir);
-			bs(&b, " 01777); heap stays on DRAM");
+			if (pfd == -EACCES) {
+				bs(&b, " (this uid cannot reach ");
+				bs(&b, st.path);
+				bs(&b, ": a directory above it denies search permission)");
+			} else if (hfd == -EACCES) {
+				bs(&b, " (");
+				bs(&b, st.path);
+				bs(&b, " denies this uid search permission)");
+			} else if (fd2 == -ENOENT) {
+				bs(&b, " (the volume root is not writable by this uid and no root process of the pod made ");
+				bs(&b, st.dir);
+				bs(&b, " 01777)");
+			} else {
+				bs(&b, " (neither the volume root nor ");
+				bs(&b, st.dir);
+				bs(&b, " is writable by this uid)");
+			}
+			bs(&b, "; heap stays on DRAM");
 			logline(&b);
 			return -1;
 		}
@@ -2619,7 +2683,7 @@ static int setup_fsdax(unsigned long limit)
 	// mapping is ever adjacent to the range, so an allocator cannot merge
 	// a DRAM extent with a heap extent and then purge or unmap a range
 	// that straddles the edge (the part inside would get no punch: old
-	// data instead of zeros; found in review with a DRAM tier).
+	// data where the allocator expects zeros).
 	size_t rl = limit + (2UL << 20) + 2 * PAGE;
 	char *res = sys_mmap(0, rl, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (is_err(res)) {

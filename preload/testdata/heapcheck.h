@@ -79,7 +79,7 @@ static int in_heap_file(const void *p) {
 // *privat count the heap-file mappings inside [heap, heap + PAGES pages)
 // that are MAP_SHARED (rw-s) and MAP_PRIVATE (rw-p). Raw read into a static
 // buffer: no malloc, which could call mmap and wait for the preload's lock.
-__attribute__((unused)) static void heap_maps(int *shared, int *privat) {
+static inline void heap_maps(int *shared, int *privat) {
 	static char b[1 << 16];
 	*shared = *privat = 0;
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);

@@ -152,6 +152,17 @@ int main(int argc, char **argv)
 		maps_entry(a - P, perms, buf, sizeof buf);
 		CHECK(strcmp(perms, "---p") == 0 && buf[0] == 0, "the page below the heap range at %p is %s %s, want a ---p guard",
 		      (void *)a, perms, buf);
+		// The page above it: the limit as the preload reads it from
+		// MEMKIND_MEM_TIERS's PMEM_SIZE_LIMIT (rounded up to 2 MiB).
+		const char *t = getenv("MEMKIND_MEM_TIERS"), *l = t ? strstr(t, "PMEM_SIZE_LIMIT:") : NULL;
+		CHECK(l != NULL, "PMEM_SIZE_LIMIT in MEMKIND_MEM_TIERS");
+		size_t limit = strtoul(l + 16, NULL, 10);
+		if (limit == 0)
+			limit = (size_t)64 << 30; // 0: 64 GiB of address space
+		limit = (limit + (2 * M - 1)) & ~(2 * M - 1);
+		maps_entry(a + limit, perms, buf, sizeof buf);
+		CHECK(strcmp(perms, "---p") == 0 && buf[0] == 0, "the page above the heap range at %p is %s %s, want a ---p guard",
+		      (void *)(a + limit), perms, buf);
 	}
 
 	// 2. Partial munmap (jemalloc trims head and tail): the middle survives,

@@ -35,7 +35,11 @@
 // in review), the write-back must wait while it waits (it cannot be paused),
 // and come once it has stopped waiting.
 //
-// Usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter]. Prints "PASS
+// sigfdwaiter: the same with a blocking read of a signalfd on every signal
+// instead of sigwaitinfo: a signal the thread does not block is dequeued by
+// the read as well, and must never be a pause's 62.
+//
+// Usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter|sigfdwaiter]. Prints "PASS
 // after_ms=N" or exits 1.
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -46,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -104,11 +109,27 @@ static void *sleeper(void *arg) {
 
 // The signal thread: every signal blocked (set before it was created),
 // sigwaitinfo on all of them until SIGUSR1.
-static int got62, waiting;
+static int got62, waiting, use_signalfd;
 static void *sigwaiter(void *arg) {
 	(void)arg;
 	sigset_t all;
 	sigfillset(&all);
+	if (use_signalfd) {
+		int fd = signalfd(-1, &all, SFD_CLOEXEC);
+		CHECK(fd >= 0, "signalfd");
+		__atomic_store_n(&waiting, 1, __ATOMIC_RELEASE);
+		for (;;) {
+			struct signalfd_siginfo si;
+			if (read(fd, &si, sizeof si) != (ssize_t)sizeof si)
+				continue; // EINTR
+			if (si.ssi_signo == 62)
+				__atomic_add_fetch(&got62, 1, __ATOMIC_RELAXED);
+			if (si.ssi_signo == SIGUSR1) {
+				close(fd);
+				return NULL;
+			}
+		}
+	}
 	__atomic_store_n(&waiting, 1, __ATOMIC_RELEASE);
 	for (;;) {
 		siginfo_t si;
@@ -187,11 +208,12 @@ static pid_t forkwait(int *release) {
 }
 
 int main(int argc, char **argv) {
-	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter]");
+	CHECK(argc == 2 || argc == 3, "usage: writeback_idle PMEMDIR [apphandler|blocker|sigwaiter|sigfdwaiter]");
 	dir = argv[1];
 	int apphandler = argc == 3 && strcmp(argv[2], "apphandler") == 0;
 	int blocker = argc == 3 && strcmp(argv[2], "blocker") == 0;
-	int waiter = argc == 3 && strcmp(argv[2], "sigwaiter") == 0;
+	use_signalfd = argc == 3 && strcmp(argv[2], "sigfdwaiter") == 0;
+	int waiter = use_signalfd || (argc == 3 && strcmp(argv[2], "sigwaiter") == 0);
 	CHECK(pipe(pfd) == 0, "pipe");
 	heap = mmap(NULL, (size_t)PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(heap != MAP_FAILED, "mmap heap");
@@ -246,9 +268,9 @@ int main(int argc, char **argv) {
 		status(dir, "heap_shared", shared, sizeof shared);
 		int n62 = __atomic_load_n(&got62, __ATOMIC_RELAXED);
 		if (n62 != 0 || !__atomic_load_n(&waiting, __ATOMIC_ACQUIRE) || status_num(dir, "restores") != 0) {
-			fprintf(stderr, "FAIL with a thread in sigwaitinfo on every signal: it was handed signal 62 %d times, "
+			fprintf(stderr, "FAIL with a thread in %s on every signal: it was handed signal 62 %d times, "
 					"restores=%ld heap_shared=%s (want 0 times and no write-back while it waits)\n",
-				n62, status_num(dir, "restores"), shared);
+				use_signalfd ? "a signalfd read" : "sigwaitinfo", n62, status_num(dir, "restores"), shared);
 			exit(1);
 		}
 		CHECK(pthread_kill(sw, SIGUSR1) == 0 && pthread_join(sw, NULL) == 0, "end the signal thread's wait");

@@ -399,8 +399,10 @@ type running struct {
 func start(ctx context.Context, t *testing.T, r row, s *sandbox, server, dirIn string, extra ...string) (*running, error) {
 	t.Helper()
 	// The port was free a moment ago; a client's ephemeral port (the
-	// write load's, another test binary's) can take it before the server
-	// binds it. Seen once in 11 loops with two matrix runs at a time.
+	// write load's, another test binary's) or another run's server can
+	// take it before the server binds it. Seen once in 11 loops with two
+	// matrix runs at a time. (Another run's server taking it after ours
+	// bound it is not caught: ours would fail to start, as here.)
 	for attempt := 1; ; attempt++ {
 		p, err := startOnce(ctx, t, r, s, server, dirIn, extra...)
 		if err == nil || attempt == 3 || !strings.Contains(p.log.String(), "Address already in use") {
