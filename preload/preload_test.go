@@ -629,6 +629,42 @@ func TestLastPauses(t *testing.T) {
 	}
 }
 
+// TestDaemonize: a target that forks and whose parent exits (Redis's
+// daemonize yes) serves from a private heap on DRAM; the preload says so in
+// the child, on stderr and in the child's own status file
+// (testdata/daemonize.c checks the file). A child renamed before its parent
+// exited, as Redis's save children are, stays silent.
+func TestDaemonize(t *testing.T) {
+	libDir, _ := setup(t)
+	prog := buildC(t, "testdata/daemonize.c", "daemonize")
+	const line = "heap on DRAM: this process forked and its parent exited (a daemonizing server: Redis daemonize yes)"
+	for _, tc := range []struct {
+		mode     string
+		wantLine bool
+	}{{"", true}, {"renamed", false}} {
+		t.Run("child "+map[bool]string{true: "daemon", false: "renamed"}[tc.wantLine], func(t *testing.T) {
+			pmem := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			args := []string{pmem}
+			if tc.mode != "" {
+				args = append(args, tc.mode)
+			}
+			cmd := exec.CommandContext(ctx, prog, args...)
+			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "daemonize")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output() // returns once the child has closed stdout too
+			if err != nil || !strings.HasPrefix(string(out), "PASS ") {
+				t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
+			}
+			if got := strings.Contains(stderr.String(), line); got != tc.wantLine {
+				t.Errorf("stderr has the daemon line: %v, want %v:\n%s", got, tc.wantLine, stderr.String())
+			}
+		})
+	}
+}
+
 // TestWriteBackNewThreads: threads created while a pause is being set up
 // are paused too (testdata/writeback_newthreads.c). Each write-back here is
 // many 1 µs-budget pauses, with and without pre-copy, while a thread

@@ -76,7 +76,7 @@ typedef long off_t;
 enum {
 	SYS_read = 0, SYS_write = 1, SYS_open = 2, SYS_close = 3, SYS_fstat = 5,
 	SYS_mmap = 9, SYS_munmap = 11, SYS_mremap = 25, SYS_madvise = 28,
-	SYS_getpid = 39, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
+	SYS_getpid = 39, SYS_getppid = 110, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
@@ -100,7 +100,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 enum {
 	SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_fstat = 80,
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
-	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
+	SYS_getpid = 172, SYS_getppid = 173, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
 	SYS_clone = 220, SYS_exit = 93, SYS_prctl = 167, SYS_ppoll = 73, SYS_fcntl = 25,
@@ -193,6 +193,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define CLONE_THREAD 0x10000
 #define CLONE_SYSVSEM 0x40000
 #define PR_SET_NAME 15
+#define PR_GET_NAME 16
 #define F_DUPFD_CLOEXEC 1030
 #define POLLIN 1
 
@@ -361,6 +362,8 @@ static struct {
 	char *scratch;         // PROT_NONE range of size bytes: remap_shared moves private maps here
 	size_t scr_lo, scr_hi; // pages of scratch in use until scrap_scratch
 	int pid;
+	int ppid;         // a forked child: its parent's pid at the fork
+	int orphan_noted; // a forked child: its parent's exit was looked into
 	unsigned long nodes_pmem, nodes_dram;
 	// The write-back thread (see "the write-back thread"): its tid, or 0
 	// (not started: no fork yet, a forked child, or clone failed: then
@@ -701,9 +704,48 @@ static int use_dram_tier(size_t len)
 }
 
 static void maybe_restore(void);
+static void setwhy(const char *w);
+static void open_status(void);
+
+// note_orphan runs in a forked child's interposed calls until its parent
+// has exited. A child whose parent is gone and that still has the name
+// the target had (Redis renames its save children, redis-rdb-bgsave) is a
+// daemonizing server (Redis's daemonize yes: fork, the parent exits, the
+// child serves). A child places nothing: its heap is the fork-time file
+// mapped private plus its own copies, all on DRAM, while the parent's log
+// said PMEM. Say so once, on stderr and in a status file of its own.
+static void note_orphan(void)
+{
+	if ((int)sc(SYS_getppid, 0, 0, 0) == st.ppid)
+		return; // the parent still runs (or this is its save child)
+	lock();
+	if (st.orphan_noted) {
+		unlock();
+		return;
+	}
+	st.orphan_noted = 1;
+	char comm[17] = {0};
+	sc(SYS_prctl, PR_GET_NAME, comm, 0);
+	size_t n = slen(st.comm);
+	if (slen(comm) == n && prefix(comm, n, st.comm)) {
+		st.norestore = 1;
+		setwhy("this process forked and its parent exited (a daemonizing server: Redis daemonize yes): its heap "
+		       "is private, on DRAM; run the server in the foreground (daemonize no)");
+		open_status();
+		write_status();
+		struct buf b = {.n = 0};
+		logp(&b);
+		bs(&b, "heap on DRAM: ");
+		bs(&b, st.why);
+		logline(&b);
+	}
+	unlock();
+}
 
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (st.mode == FSDAX && len && want(prot, flags) && !st.child &&
@@ -783,6 +825,8 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 static int do_munmap(void *addr, size_t len)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (overlaps(addr, len) && ((uintptr_t)addr % PAGE) == 0 && len) {
@@ -812,6 +856,8 @@ EXPORT int munmap(void *addr, size_t len) { return do_munmap(addr, len); }
 
 static int do_madvise(void *addr, size_t len, int advice)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
@@ -2366,6 +2412,8 @@ static void fork_parent(void)
 static void fork_child(void)
 {
 	st.child = 1;
+	st.ppid = st.pid;
+	st.orphan_noted = 0;
 	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
 	st.status_fd = -1; // the parent's record stays the parent's
 	// Keep the write ends open (closed by exit or exec: that is the signal); the
@@ -2603,6 +2651,22 @@ static void prepare_heap_dir(const char *environ, int en)
 	}
 }
 
+// open_status opens (creates) this process's status file,
+// st.dir/pmem-status.<container>.<pid>: the container's name before the pid,
+// see "Observability".
+static void open_status(void)
+{
+	struct buf sp = {.n = 0};
+	bs(&sp, "/pmem-status.");
+	if (st.container[0]) {
+		bs(&sp, st.container);
+		bs(&sp, ".");
+	}
+	sp.b[sp.n] = 0;
+	join(st.status, sizeof st.status, st.dir, sp.b, (unsigned long)st.pid);
+	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+}
+
 static int setup_fsdax(unsigned long limit)
 {
 	if (limit == 0)
@@ -2721,16 +2785,7 @@ static int setup_fsdax(unsigned long limit)
 	st.dbits = bits + 2 * bl / 8;
 	st.fd = fd;
 	st.size = limit;
-	// The container's name before the pid: see "Observability".
-	struct buf sp = {.n = 0};
-	bs(&sp, "/pmem-status.");
-	if (st.container[0]) {
-		bs(&sp, st.container);
-		bs(&sp, ".");
-	}
-	sp.b[sp.n] = 0;
-	join(st.status, sizeof st.status, st.dir, sp.b, (unsigned long)st.pid);
-	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	open_status();
 	st.base = base; // last: from here on the hooks serve from the range
 	return 0;
 }
