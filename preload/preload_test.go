@@ -169,6 +169,26 @@ func TestSemantics(t *testing.T) {
 			wantLog: "MEMKIND_MEM_TIERS: KIND must be DRAM, FS_DAX or KMEM_DAX: KIND:OPTANE,RATIO:1; heap stays on DRAM",
 		},
 		{
+			name:    "PATH is a file: the errno says so",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:/etc/hostname,PMEM_SIZE_LIMIT:0,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: ": errno 20 (not a directory); heap stays on DRAM",
+		},
+		{
+			// 4 EiB: past ext4's largest file (ftruncate: EFBIG) or, where
+			// the filesystem takes it (tmpfs), the address space (ENOMEM).
+			name:    "PMEM_SIZE_LIMIT too large: what to lower",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:4611686018427387904,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: "4611686018427387904 bytes: errno ",
+		},
+		{
+			name:    "PMEM_SIZE_LIMIT not a number: what is allowed",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:1G,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: "PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): KIND:FS_DAX,",
+		},
+		{
 			name:    "unwritable pmem dir falls back",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:/proc/nonexistent,PMEM_SIZE_LIMIT:0,RATIO:1"},
 			args:    []string{"fallback"},

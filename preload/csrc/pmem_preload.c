@@ -176,6 +176,9 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define EACCES 13
 #define EROFS 30
 #define ENOENT 2
+#define ENOTDIR 20
+#define EFBIG 27
+#define ENOSPC 28
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -2476,6 +2479,32 @@ static int listed(const char *list, const char *name)
 	}
 }
 
+// errno_text says what the errors a setup step can meet mean here (the
+// preload has no strerror), with the usual cause; "" for others.
+static const char *errno_text(long err)
+{
+	switch (-err) {
+	case ENOENT:
+		return " (no such file or directory: is the PMEM volume mounted there?)";
+	case ENOTDIR:
+		return " (not a directory)";
+	case EACCES:
+	case EPERM:
+		return " (permission denied)";
+	case EROFS:
+		return " (read-only filesystem)";
+	case ENOSPC:
+		return " (no space left on the device)";
+	case EFBIG:
+		return " (larger than the filesystem's largest file: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+	case ENOMEM:
+		return " (not enough memory or address space: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+	case EINVAL:
+		return " (invalid argument)";
+	}
+	return "";
+}
+
 static void fail(const char *what, const char *val, long err)
 {
 	struct buf b = {.n = 0};
@@ -2487,6 +2516,7 @@ static void fail(const char *what, const char *val, long err)
 	if (err) {
 		bs(&b, ": errno ");
 		bu(&b, (unsigned long)-err);
+		bs(&b, errno_text(err));
 	}
 	bs(&b, "; heap stays on DRAM");
 	logline(&b);
@@ -2527,7 +2557,7 @@ static int parse_tiers(const char *t, unsigned long *limit)
 				st.path[vn] = 0;
 			} else if (prefix(q, (size_t)(f - q), "PMEM_SIZE_LIMIT:")) {
 				if (parse_u(v, vn, limit)) {
-					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT not a byte count: ", t, 0);
+					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): ", t, 0);
 					return -1;
 				}
 			} else if (prefix(q, (size_t)(f - q), "RATIO:")) {
@@ -2738,7 +2768,13 @@ static int setup_fsdax(unsigned long limit)
 	long r = sc(SYS_ftruncate, fd, limit, 0);
 	sys_unlink(file); // capacity returns to the volume when the process ends, however it ends
 	if (r < 0) {
-		fail("FS_DAX tier: ftruncate ", file, r);
+		struct buf x = {.n = 0};
+		bs(&x, file);
+		bs(&x, " to PMEM_SIZE_LIMIT ");
+		bu(&x, limit);
+		bs(&x, " bytes");
+		x.b[x.n] = 0;
+		fail("FS_DAX tier: ftruncate ", x.b, r);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}
@@ -2751,7 +2787,11 @@ static int setup_fsdax(unsigned long limit)
 	size_t rl = limit + (2UL << 20) + 2 * PAGE;
 	char *res = sys_mmap(0, rl, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (is_err(res)) {
-		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT", 0, (long)res);
+		struct buf x = {.n = 0};
+		bu(&x, limit);
+		bs(&x, " bytes");
+		x.b[x.n] = 0;
+		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT ", x.b, (long)res);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}
