@@ -140,7 +140,7 @@ func TestSemantics(t *testing.T) {
 			name:    "fsdax small limit: requests beyond it fall back to DRAM",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:2097152,RATIO:1"},
 			args:    []string{"plain"},
-			wantLog: "limit 2097152 bytes",
+			wantLog: "FS_DAX heap full (PMEM_SIZE_LIMIT 2097152 bytes, ",
 		},
 		{
 			name:    "kmem",

@@ -796,8 +796,20 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 		if (!r) {
 			st.fallback_bytes += (len + PAGE - 1) / PAGE * PAGE;
 			st.fallback_calls++;
-			if (st.fallback_calls == 1)
+			if (st.fallback_calls == 1) {
+				// Once: the heap spills to DRAM from here on (a
+				// full range, or no run of free pages that long).
 				write_status();
+				struct buf b = {.n = 0};
+				logp(&b);
+				bs(&b, "FS_DAX heap full (PMEM_SIZE_LIMIT ");
+				bu(&b, st.size);
+				bs(&b, " bytes, ");
+				bu(&b, st.mapped);
+				bs(&b, " mapped): this and later requests that do not fit go to DRAM (status file "
+				       "bytes_fallback_dram, fallback_calls)");
+				logline(&b);
+			}
 		}
 		maybe_status();
 		unlock();
