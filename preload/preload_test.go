@@ -140,7 +140,7 @@ func TestSemantics(t *testing.T) {
 			name:    "fsdax small limit: requests beyond it fall back to DRAM",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:2097152,RATIO:1"},
 			args:    []string{"plain"},
-			wantLog: "limit 2097152 bytes",
+			wantLog: "FS_DAX heap full (PMEM_SIZE_LIMIT 2097152 bytes, ",
 		},
 		{
 			name:    "kmem",
@@ -167,6 +167,26 @@ func TestSemantics(t *testing.T) {
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:OPTANE,RATIO:1"},
 			args:    []string{"plain"},
 			wantLog: "MEMKIND_MEM_TIERS: KIND must be DRAM, FS_DAX or KMEM_DAX: KIND:OPTANE,RATIO:1; heap stays on DRAM",
+		},
+		{
+			name:    "PATH is a file: the errno says so",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:/etc/hostname,PMEM_SIZE_LIMIT:0,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: ": errno 20 (not a directory); heap stays on DRAM",
+		},
+		{
+			// 4 EiB: past ext4's largest file (ftruncate: EFBIG) or, where
+			// the filesystem takes it (tmpfs), the address space (ENOMEM).
+			name:    "PMEM_SIZE_LIMIT too large: what to lower",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:4611686018427387904,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: "4611686018427387904 bytes: errno ",
+		},
+		{
+			name:    "PMEM_SIZE_LIMIT not a number: what is allowed",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:1G,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: "PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): KIND:FS_DAX,",
 		},
 		{
 			name:    "unwritable pmem dir falls back",
@@ -626,6 +646,42 @@ func TestLastPauses(t *testing.T) {
 	st = ParseStatus("restore_last_us=precopy:5,stop:30,write:900,remap:70,pause:1000,after:9\n")
 	if p := LastPauses(st); p.LongestUS != 1000 || p.TotalUS != 1000 || p.Count != 1 {
 		t.Errorf("record with one pause: %+v", p)
+	}
+}
+
+// TestDaemonize: a target that forks and whose parent exits (Redis's
+// daemonize yes) serves from a private heap on DRAM; the preload says so in
+// the child, on stderr and in the child's own status file
+// (testdata/daemonize.c checks the file). A child renamed before its parent
+// exited, as Redis's save children are, stays silent.
+func TestDaemonize(t *testing.T) {
+	libDir, _ := setup(t)
+	prog := buildC(t, "testdata/daemonize.c", "daemonize")
+	const line = "heap on DRAM: this process forked and its parent exited (a daemonizing server: Redis daemonize yes)"
+	for _, tc := range []struct {
+		mode     string
+		wantLine bool
+	}{{"", true}, {"renamed", false}} {
+		t.Run("child "+map[bool]string{true: "daemon", false: "renamed"}[tc.wantLine], func(t *testing.T) {
+			pmem := t.TempDir()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			args := []string{pmem}
+			if tc.mode != "" {
+				args = append(args, tc.mode)
+			}
+			cmd := exec.CommandContext(ctx, prog, args...)
+			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "daemonize")
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output() // returns once the child has closed stdout too
+			if err != nil || !strings.HasPrefix(string(out), "PASS ") {
+				t.Fatalf("%v: stdout %q\nstderr: %s", err, out, stderr.String())
+			}
+			if got := strings.Contains(stderr.String(), line); got != tc.wantLine {
+				t.Errorf("stderr has the daemon line: %v, want %v:\n%s", got, tc.wantLine, stderr.String())
+			}
+		})
 	}
 }
 

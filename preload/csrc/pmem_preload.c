@@ -76,7 +76,7 @@ typedef long off_t;
 enum {
 	SYS_read = 0, SYS_write = 1, SYS_open = 2, SYS_close = 3, SYS_fstat = 5,
 	SYS_mmap = 9, SYS_munmap = 11, SYS_mremap = 25, SYS_madvise = 28,
-	SYS_getpid = 39, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
+	SYS_getpid = 39, SYS_getppid = 110, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
@@ -100,7 +100,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 enum {
 	SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_fstat = 80,
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
-	SYS_getpid = 172, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
+	SYS_getpid = 172, SYS_getppid = 173, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
 	SYS_clone = 220, SYS_exit = 93, SYS_prctl = 167, SYS_ppoll = 73, SYS_fcntl = 25,
@@ -176,6 +176,9 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define EACCES 13
 #define EROFS 30
 #define ENOENT 2
+#define ENOTDIR 20
+#define EFBIG 27
+#define ENOSPC 28
 #define MPOL_PREFERRED 1
 #define MPOL_BIND 2
 #define MPOL_INTERLEAVE 3
@@ -193,6 +196,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define CLONE_THREAD 0x10000
 #define CLONE_SYSVSEM 0x40000
 #define PR_SET_NAME 15
+#define PR_GET_NAME 16
 #define F_DUPFD_CLOEXEC 1030
 #define POLLIN 1
 
@@ -361,6 +365,8 @@ static struct {
 	char *scratch;         // PROT_NONE range of size bytes: remap_shared moves private maps here
 	size_t scr_lo, scr_hi; // pages of scratch in use until scrap_scratch
 	int pid;
+	int ppid;         // a forked child: its parent's pid at the fork
+	int orphan_noted; // a forked child: its parent's exit was looked into
 	unsigned long nodes_pmem, nodes_dram;
 	// The write-back thread (see "the write-back thread"): its tid, or 0
 	// (not started: no fork yet, a forked child, or clone failed: then
@@ -701,9 +707,48 @@ static int use_dram_tier(size_t len)
 }
 
 static void maybe_restore(void);
+static void setwhy(const char *w);
+static void open_status(void);
+
+// note_orphan runs in a forked child's interposed calls until its parent
+// has exited. A child whose parent is gone and that still has the name
+// the target had (Redis renames its save children, redis-rdb-bgsave) is a
+// daemonizing server (Redis's daemonize yes: fork, the parent exits, the
+// child serves). A child places nothing: its heap is the fork-time file
+// mapped private plus its own copies, all on DRAM, while the parent's log
+// said PMEM. Say so once, on stderr and in a status file of its own.
+static void note_orphan(void)
+{
+	if ((int)sc(SYS_getppid, 0, 0, 0) == st.ppid)
+		return; // the parent still runs (or this is its save child)
+	lock();
+	if (st.orphan_noted) {
+		unlock();
+		return;
+	}
+	st.orphan_noted = 1;
+	char comm[17] = {0};
+	sc(SYS_prctl, PR_GET_NAME, comm, 0);
+	size_t n = slen(st.comm);
+	if (slen(comm) == n && prefix(comm, n, st.comm)) {
+		st.norestore = 1;
+		setwhy("this process forked and its parent exited (a daemonizing server: Redis daemonize yes): its heap "
+		       "is private, on DRAM; run the server in the foreground (daemonize no)");
+		open_status();
+		write_status();
+		struct buf b = {.n = 0};
+		logp(&b);
+		bs(&b, "heap on DRAM: ");
+		bs(&b, st.why);
+		logline(&b);
+	}
+	unlock();
+}
 
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (st.mode == FSDAX && len && want(prot, flags) && !st.child &&
@@ -751,8 +796,20 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 		if (!r) {
 			st.fallback_bytes += (len + PAGE - 1) / PAGE * PAGE;
 			st.fallback_calls++;
-			if (st.fallback_calls == 1)
+			if (st.fallback_calls == 1) {
+				// Once: the heap spills to DRAM from here on (a
+				// full range, or no run of free pages that long).
 				write_status();
+				struct buf b = {.n = 0};
+				logp(&b);
+				bs(&b, "FS_DAX heap full (PMEM_SIZE_LIMIT ");
+				bu(&b, st.size);
+				bs(&b, " bytes, ");
+				bu(&b, st.mapped);
+				bs(&b, " mapped): this and later requests that do not fit go to DRAM (status file "
+				       "bytes_fallback_dram, fallback_calls)");
+				logline(&b);
+			}
 		}
 		maybe_status();
 		unlock();
@@ -783,6 +840,8 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 static int do_munmap(void *addr, size_t len)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (overlaps(addr, len) && ((uintptr_t)addr % PAGE) == 0 && len) {
@@ -812,6 +871,8 @@ EXPORT int munmap(void *addr, size_t len) { return do_munmap(addr, len); }
 
 static int do_madvise(void *addr, size_t len, int advice)
 {
+	if (st.child && !st.orphan_noted && st.mode == FSDAX)
+		note_orphan();
 	if (st.privat && !st.child)
 		maybe_restore();
 	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
@@ -2366,6 +2427,8 @@ static void fork_parent(void)
 static void fork_child(void)
 {
 	st.child = 1;
+	st.ppid = st.pid;
+	st.orphan_noted = 0;
 	st.pid = (int)sc(SYS_getpid, 0, 0, 0);
 	st.status_fd = -1; // the parent's record stays the parent's
 	// Keep the write ends open (closed by exit or exec: that is the signal); the
@@ -2428,6 +2491,32 @@ static int listed(const char *list, const char *name)
 	}
 }
 
+// errno_text says what the errors a setup step can meet mean here (the
+// preload has no strerror), with the usual cause; "" for others.
+static const char *errno_text(long err)
+{
+	switch (-err) {
+	case ENOENT:
+		return " (no such file or directory: is the PMEM volume mounted there?)";
+	case ENOTDIR:
+		return " (not a directory)";
+	case EACCES:
+	case EPERM:
+		return " (permission denied)";
+	case EROFS:
+		return " (read-only filesystem)";
+	case ENOSPC:
+		return " (no space left on the device)";
+	case EFBIG:
+		return " (larger than the filesystem's largest file: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+	case ENOMEM:
+		return " (not enough memory or address space: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+	case EINVAL:
+		return " (invalid argument)";
+	}
+	return "";
+}
+
 static void fail(const char *what, const char *val, long err)
 {
 	struct buf b = {.n = 0};
@@ -2439,6 +2528,7 @@ static void fail(const char *what, const char *val, long err)
 	if (err) {
 		bs(&b, ": errno ");
 		bu(&b, (unsigned long)-err);
+		bs(&b, errno_text(err));
 	}
 	bs(&b, "; heap stays on DRAM");
 	logline(&b);
@@ -2479,7 +2569,7 @@ static int parse_tiers(const char *t, unsigned long *limit)
 				st.path[vn] = 0;
 			} else if (prefix(q, (size_t)(f - q), "PMEM_SIZE_LIMIT:")) {
 				if (parse_u(v, vn, limit)) {
-					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT not a byte count: ", t, 0);
+					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): ", t, 0);
 					return -1;
 				}
 			} else if (prefix(q, (size_t)(f - q), "RATIO:")) {
@@ -2603,6 +2693,22 @@ static void prepare_heap_dir(const char *environ, int en)
 	}
 }
 
+// open_status opens (creates) this process's status file,
+// st.dir/pmem-status.<container>.<pid>: the container's name before the pid,
+// see "Observability".
+static void open_status(void)
+{
+	struct buf sp = {.n = 0};
+	bs(&sp, "/pmem-status.");
+	if (st.container[0]) {
+		bs(&sp, st.container);
+		bs(&sp, ".");
+	}
+	sp.b[sp.n] = 0;
+	join(st.status, sizeof st.status, st.dir, sp.b, (unsigned long)st.pid);
+	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+}
+
 static int setup_fsdax(unsigned long limit)
 {
 	if (limit == 0)
@@ -2674,7 +2780,13 @@ static int setup_fsdax(unsigned long limit)
 	long r = sc(SYS_ftruncate, fd, limit, 0);
 	sys_unlink(file); // capacity returns to the volume when the process ends, however it ends
 	if (r < 0) {
-		fail("FS_DAX tier: ftruncate ", file, r);
+		struct buf x = {.n = 0};
+		bs(&x, file);
+		bs(&x, " to PMEM_SIZE_LIMIT ");
+		bu(&x, limit);
+		bs(&x, " bytes");
+		x.b[x.n] = 0;
+		fail("FS_DAX tier: ftruncate ", x.b, r);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}
@@ -2687,7 +2799,11 @@ static int setup_fsdax(unsigned long limit)
 	size_t rl = limit + (2UL << 20) + 2 * PAGE;
 	char *res = sys_mmap(0, rl, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (is_err(res)) {
-		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT", 0, (long)res);
+		struct buf x = {.n = 0};
+		bu(&x, limit);
+		bs(&x, " bytes");
+		x.b[x.n] = 0;
+		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT ", x.b, (long)res);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}
@@ -2721,16 +2837,7 @@ static int setup_fsdax(unsigned long limit)
 	st.dbits = bits + 2 * bl / 8;
 	st.fd = fd;
 	st.size = limit;
-	// The container's name before the pid: see "Observability".
-	struct buf sp = {.n = 0};
-	bs(&sp, "/pmem-status.");
-	if (st.container[0]) {
-		bs(&sp, st.container);
-		bs(&sp, ".");
-	}
-	sp.b[sp.n] = 0;
-	join(st.status, sizeof st.status, st.dir, sp.b, (unsigned long)st.pid);
-	st.status_fd = sys_open(st.status, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	open_status();
 	st.base = base; // last: from here on the hooks serve from the range
 	return 0;
 }

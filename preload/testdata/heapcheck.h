@@ -19,7 +19,7 @@ static unsigned char *heap;
 
 // stamp writes page i's self-description: index, version, and the version
 // again in its last word (a torn page shows two versions).
-static void stamp(unsigned char *p, uint64_t i, uint64_t v) {
+static inline void stamp(unsigned char *p, uint64_t i, uint64_t v) {
 	memcpy(p, &i, 8);
 	memcpy(p + 8, &v, 8);
 	memcpy(p + PG - 8, &v, 8);
@@ -27,7 +27,7 @@ static void stamp(unsigned char *p, uint64_t i, uint64_t v) {
 
 // status reads one key of dir's status file of this process into out
 // (the whole value, trailing spaces cut). Raw open/read.
-static void status(const char *dir, const char *key, char *out, size_t cap) {
+static inline void status(const char *dir, const char *key, char *out, size_t cap) {
 	char path[512], buf[4096];
 	snprintf(path, sizeof path, "%s/pmem-status.%d", dir, (int)getpid());
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -52,14 +52,14 @@ static void status(const char *dir, const char *key, char *out, size_t cap) {
 	}
 }
 
-static long status_num(const char *dir, const char *key) {
+static inline long status_num(const char *dir, const char *key) {
 	char v[64];
 	status(dir, key, v, sizeof v);
 	return atol(v);
 }
 
 // in_heap_file: the mapping holding p is a mapping of the heap file.
-static int in_heap_file(const void *p) {
+static inline int in_heap_file(const void *p) {
 	FILE *f = fopen("/proc/self/maps", "r");
 	CHECK(f != NULL, "open maps");
 	char line[512];
