@@ -114,6 +114,10 @@ func TestSemantics(t *testing.T) {
 	libDir, prog := setup(t)
 	pmem := t.TempDir()
 	fsdax := fsdaxTiers(pmem)
+	aFile := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(aFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		env     []string
@@ -140,7 +144,7 @@ func TestSemantics(t *testing.T) {
 			name:    "fsdax small limit: requests beyond it fall back to DRAM",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:2097152,RATIO:1"},
 			args:    []string{"plain"},
-			wantLog: "FS_DAX heap full (PMEM_SIZE_LIMIT 2097152 bytes, ",
+			wantLog: "FS_DAX heap: no free run of 8388608 bytes (0 of PMEM_SIZE_LIMIT 2097152 bytes mapped): requests that do not fit go to DRAM",
 		},
 		{
 			name:    "kmem",
@@ -170,23 +174,29 @@ func TestSemantics(t *testing.T) {
 		},
 		{
 			name:    "PATH is a file: the errno says so",
-			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:/etc/hostname,PMEM_SIZE_LIMIT:0,RATIO:1"},
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + aFile + ",PMEM_SIZE_LIMIT:0,RATIO:1"},
 			args:    []string{"fallback"},
 			wantLog: ": errno 20 (not a directory); heap stays on DRAM",
 		},
 		{
-			// 4 EiB: past ext4's largest file (ftruncate: EFBIG) or, where
+			// 2 EiB: past ext4's largest file (ftruncate: EFBIG) or, where
 			// the filesystem takes it (tmpfs), the address space (ENOMEM).
 			name:    "PMEM_SIZE_LIMIT too large: what to lower",
-			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:4611686018427387904,RATIO:1"},
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:2305843009213693952,RATIO:1"},
 			args:    []string{"fallback"},
-			wantLog: "4611686018427387904 bytes: errno ",
+			wantLog: "; lower PMEM_SIZE_LIMIT (the pod's pmem.alibabacloud.com/size); heap stays on DRAM",
 		},
 		{
 			name:    "PMEM_SIZE_LIMIT not a number: what is allowed",
 			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:1G,RATIO:1"},
 			args:    []string{"fallback"},
-			wantLog: "PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): KIND:FS_DAX,",
+			wantLog: "PMEM_SIZE_LIMIT must be a decimal byte count below 2^62 (0: 64 GiB): KIND:FS_DAX,",
+		},
+		{
+			name:    "PMEM_SIZE_LIMIT of 2^62: too large to parse",
+			env:     []string{"PMEM_TARGET_PROCESSES=semantics", "MEMKIND_MEM_TIERS=KIND:FS_DAX,PATH:" + pmem + ",PMEM_SIZE_LIMIT:4611686018427387904,RATIO:1"},
+			args:    []string{"fallback"},
+			wantLog: "PMEM_SIZE_LIMIT must be a decimal byte count below 2^62 (0: 64 GiB): KIND:FS_DAX,",
 		},
 		{
 			name:    "unwritable pmem dir falls back",
@@ -649,20 +659,20 @@ func TestLastPauses(t *testing.T) {
 	}
 }
 
-// TestDaemonize: a target that forks and whose parent exits (Redis's
-// daemonize yes) serves from a private heap on DRAM; the preload says so in
-// the child, on stderr and in the child's own status file
-// (testdata/daemonize.c checks the file). A child renamed before its parent
-// exited, as Redis's save children are, stays silent.
+// TestDaemonize: a target that forks, whose child calls setsid and whose
+// parent exits (Redis's daemonize yes) serves from a private heap on DRAM;
+// the preload says so in the child, on stderr and in the child's own status
+// file (testdata/daemonize.c checks the file). A child that does not call
+// setsid (a save child whose parent died) stays silent.
 func TestDaemonize(t *testing.T) {
 	libDir, _ := setup(t)
 	prog := buildC(t, "testdata/daemonize.c", "daemonize")
-	const line = "heap on DRAM: this process forked and its parent exited (a daemonizing server: Redis daemonize yes)"
+	const line = "heap on DRAM: this process forked and its parent exited (a daemonizing server: Redis daemonize yes): what it writes or allocates is on DRAM"
 	for _, tc := range []struct {
 		mode     string
 		wantLine bool
-	}{{"", true}, {"renamed", false}} {
-		t.Run("child "+map[bool]string{true: "daemon", false: "renamed"}[tc.wantLine], func(t *testing.T) {
+	}{{"", true}, {"savechild", false}} {
+		t.Run("child "+map[bool]string{true: "daemon", false: "save child"}[tc.wantLine], func(t *testing.T) {
 			pmem := t.TempDir()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
@@ -672,6 +682,9 @@ func TestDaemonize(t *testing.T) {
 			}
 			cmd := exec.CommandContext(ctx, prog, args...)
 			cmd.Env = fsdaxEnv(filepath.Join(libDir, FileName), pmem, "daemonize")
+			// The context kills only the parent; the child holds stdout
+			// (and ends itself after 30 s): stop waiting for it after 40.
+			cmd.WaitDelay = 40 * time.Second
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
 			out, err := cmd.Output() // returns once the child has closed stdout too

@@ -76,7 +76,7 @@ typedef long off_t;
 enum {
 	SYS_read = 0, SYS_write = 1, SYS_open = 2, SYS_close = 3, SYS_fstat = 5,
 	SYS_mmap = 9, SYS_munmap = 11, SYS_mremap = 25, SYS_madvise = 28,
-	SYS_getpid = 39, SYS_getppid = 110, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
+	SYS_getpid = 39, SYS_getppid = 110, SYS_getsid = 124, SYS_ftruncate = 77, SYS_unlink = 87, SYS_set_mempolicy = 238,
 	SYS_openat = 257, SYS_fallocate = 285, SYS_pipe2 = 293, SYS_pwrite64 = 18,
 	SYS_pread64 = 17, SYS_getdents64 = 217, SYS_tgkill = 234, SYS_rt_sigaction = 13,
 	SYS_gettid = 186, SYS_clock_gettime = 228, SYS_sched_yield = 24,
@@ -100,7 +100,7 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 enum {
 	SYS_read = 63, SYS_write = 64, SYS_close = 57, SYS_fstat = 80,
 	SYS_mmap = 222, SYS_munmap = 215, SYS_mremap = 216, SYS_madvise = 233,
-	SYS_getpid = 172, SYS_getppid = 173, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
+	SYS_getpid = 172, SYS_getppid = 173, SYS_getsid = 156, SYS_ftruncate = 46, SYS_unlinkat = 35, SYS_set_mempolicy = 237,
 	SYS_openat = 56, SYS_fallocate = 47, SYS_pipe2 = 59, SYS_pwrite64 = 68,
 	SYS_geteuid = 175, SYS_mkdirat = 34, SYS_fchmod = 52, SYS_ioctl = 29, SYS_userfaultfd = 282, SYS_rt_sigprocmask = 135, SYS_futex = 98,
 	SYS_clone = 220, SYS_exit = 93, SYS_prctl = 167, SYS_ppoll = 73, SYS_fcntl = 25,
@@ -196,7 +196,6 @@ static long sc6(long n, long a, long b, long c, long d, long e, long f)
 #define CLONE_THREAD 0x10000
 #define CLONE_SYSVSEM 0x40000
 #define PR_SET_NAME 15
-#define PR_GET_NAME 16
 #define F_DUPFD_CLOEXEC 1030
 #define POLLIN 1
 
@@ -670,6 +669,11 @@ static int want(int prot, int flags)
 // after the last child then copies them into the file at their identity
 // offsets (free offsets are holes) and maps them shared like the rest, so
 // what the allocator maps during a save ends up on PMEM too.
+// Why place returned NULL (under the lock, read right after).
+enum { MISS_NO_RUN = 1, MISS_HINT_TAKEN, MISS_MMAP };
+static int place_miss;
+static long place_err; // MISS_MMAP: the mmap's -errno
+
 static void *place(void *hint, size_t len, int flags)
 {
 	size_t n = (len + PAGE - 1) / PAGE;
@@ -678,18 +682,24 @@ static void *place(void *hint, size_t len, int flags)
 		size_t h = (size_t)((char *)hint - st.base) / PAGE;
 		if (range_free(h, n))
 			i = (long)h;
-		else if (flags & MAP_FIXED_NOREPLACE)
+		else if (flags & MAP_FIXED_NOREPLACE) {
+			place_miss = MISS_HINT_TAKEN;
 			return 0;
+		}
 	}
 	if (i < 0)
 		i = find(n);
-	if (i < 0)
+	if (i < 0) {
+		place_miss = MISS_NO_RUN;
 		return 0;
+	}
 	char *a = st.base + (size_t)i * PAGE;
 	void *r = st.privat ? sys_mmap(a, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
 			    : sys_mmap(a, n * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, st.fd, (off_t)i * (off_t)PAGE);
 	if (is_err(r)) {
 		sys_mmap(a, n * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+		place_miss = MISS_MMAP;
+		place_err = (long)r;
 		return 0;
 	}
 	setbits((size_t)i, n, 1);
@@ -710,30 +720,29 @@ static void maybe_restore(void);
 static void setwhy(const char *w);
 static void open_status(void);
 
-// note_orphan runs in a forked child's interposed calls until its parent
-// has exited. A child whose parent is gone and that still has the name
-// the target had (Redis renames its save children, redis-rdb-bgsave) is a
-// daemonizing server (Redis's daemonize yes: fork, the parent exits, the
-// child serves). A child places nothing: its heap is the fork-time file
-// mapped private plus its own copies, all on DRAM, while the parent's log
-// said PMEM. Say so once, on stderr and in a status file of its own.
+// note_orphan runs in a forked child's interposed calls until it has
+// spoken. A child whose parent has exited and that made itself a session
+// leader (setsid: what Redis's daemonize yes and daemon(3) do after the
+// fork; a save child does not) is a daemonizing server: the parent exits,
+// the child serves. A child places nothing: what it writes or allocates is
+// on DRAM, while the parent's log said PMEM. Say so once, on stderr and in
+// a status file of its own. Until all three hold (the setsid may come
+// after the parent's exit) it looks again at the next call.
 static void note_orphan(void)
 {
 	if ((int)sc(SYS_getppid, 0, 0, 0) == st.ppid)
-		return; // the parent still runs (or this is its save child)
-	lock();
-	if (st.orphan_noted) {
-		unlock();
+		return; // the parent still runs
+	// A grandchild whose own fork_child has not run yet (a library's
+	// atfork handler making this call) still has its parent's st: not
+	// its to judge, and the lock may be held by a thread it lacks.
+	if ((int)sc(SYS_getpid, 0, 0, 0) != st.pid || (int)sc(SYS_getsid, 0, 0, 0) != st.pid)
 		return;
-	}
-	st.orphan_noted = 1;
-	char comm[17] = {0};
-	sc(SYS_prctl, PR_GET_NAME, comm, 0);
-	size_t n = slen(st.comm);
-	if (slen(comm) == n && prefix(comm, n, st.comm)) {
+	lock();
+	if (!st.orphan_noted) {
+		st.orphan_noted = 1;
 		st.norestore = 1;
-		setwhy("this process forked and its parent exited (a daemonizing server: Redis daemonize yes): its heap "
-		       "is private, on DRAM; run the server in the foreground (daemonize no)");
+		setwhy("this process forked and its parent exited (a daemonizing server: Redis daemonize yes): what it "
+		       "writes or allocates is on DRAM; run the server in the foreground (daemonize no)");
 		open_status();
 		write_status();
 		struct buf b = {.n = 0};
@@ -743,6 +752,38 @@ static void note_orphan(void)
 		logline(&b);
 	}
 	unlock();
+}
+
+static const char *errno_text(long err);
+
+// note_fallback says once per cause on stderr that heap requests go to
+// DRAM (the status file counts them): the range has no free run that long
+// (full, or too fragmented for the size), or mapping the file failed.
+// Lock held.
+static void note_fallback(size_t len)
+{
+	static int said; // bit per cause
+	if (said & (1 << place_miss))
+		return;
+	said |= 1 << place_miss;
+	struct buf b = {.n = 0};
+	logp(&b);
+	if (place_miss == MISS_NO_RUN) {
+		bs(&b, "FS_DAX heap: no free run of ");
+		bu(&b, (len + PAGE - 1) / PAGE * PAGE);
+		bs(&b, " bytes (");
+		bu(&b, st.mapped);
+		bs(&b, " of PMEM_SIZE_LIMIT ");
+		bu(&b, st.size);
+		bs(&b, " bytes mapped): requests that do not fit go to DRAM");
+	} else {
+		bs(&b, "FS_DAX heap: mapping the heap file failed: errno ");
+		bu(&b, (unsigned long)-place_err);
+		bs(&b, errno_text(place_err));
+		bs(&b, ": such requests go to DRAM");
+	}
+	bs(&b, " (status file bytes_fallback_dram, fallback_calls)");
+	logline(&b);
 }
 
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -793,23 +834,15 @@ static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 		} else {
 			r = place(addr, len, flags);
 		}
-		if (!r) {
+		if (!r && place_miss != MISS_HINT_TAKEN) {
+			// (A MAP_FIXED_NOREPLACE hint on pages in use gets the
+			// kernel's EEXIST below, as without the preload: no
+			// fallback.)
 			st.fallback_bytes += (len + PAGE - 1) / PAGE * PAGE;
 			st.fallback_calls++;
-			if (st.fallback_calls == 1) {
-				// Once: the heap spills to DRAM from here on (a
-				// full range, or no run of free pages that long).
+			if (st.fallback_calls == 1)
 				write_status();
-				struct buf b = {.n = 0};
-				logp(&b);
-				bs(&b, "FS_DAX heap full (PMEM_SIZE_LIMIT ");
-				bu(&b, st.size);
-				bs(&b, " bytes, ");
-				bu(&b, st.mapped);
-				bs(&b, " mapped): this and later requests that do not fit go to DRAM (status file "
-				       "bytes_fallback_dram, fallback_calls)");
-				logline(&b);
-			}
+			note_fallback(len);
 		}
 		maybe_status();
 		unlock();
@@ -2491,33 +2524,34 @@ static int listed(const char *list, const char *name)
 	}
 }
 
-// errno_text says what the errors a setup step can meet mean here (the
-// preload has no strerror), with the usual cause; "" for others.
+// errno_text says what the errors a setup step can meet mean (the preload
+// has no strerror); "" for others.
 static const char *errno_text(long err)
 {
 	switch (-err) {
 	case ENOENT:
-		return " (no such file or directory: is the PMEM volume mounted there?)";
+		return " (no such file or directory: does PATH exist, is the PMEM volume mounted?)";
 	case ENOTDIR:
 		return " (not a directory)";
 	case EACCES:
-	case EPERM:
 		return " (permission denied)";
+	case EPERM:
+		return " (operation not permitted)";
 	case EROFS:
 		return " (read-only filesystem)";
 	case ENOSPC:
 		return " (no space left on the device)";
 	case EFBIG:
-		return " (larger than the filesystem's largest file: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+		return " (file too large: past the filesystem's largest file, or RLIMIT_FSIZE)";
 	case ENOMEM:
-		return " (not enough memory or address space: lower PMEM_SIZE_LIMIT, the pod's pmem.alibabacloud.com/size)";
+		return " (not enough memory or address space)";
 	case EINVAL:
 		return " (invalid argument)";
 	}
 	return "";
 }
 
-static void fail(const char *what, const char *val, long err)
+static void fail_hint(const char *what, const char *val, long err, const char *hint)
 {
 	struct buf b = {.n = 0};
 	logp(&b);
@@ -2530,9 +2564,14 @@ static void fail(const char *what, const char *val, long err)
 		bu(&b, (unsigned long)-err);
 		bs(&b, errno_text(err));
 	}
+	if (hint)
+		bs(&b, hint);
 	bs(&b, "; heap stays on DRAM");
 	logline(&b);
 }
+static void fail(const char *what, const char *val, long err) { fail_hint(what, val, err, 0); }
+
+#define LOWER_LIMIT "; lower PMEM_SIZE_LIMIT (the pod's pmem.alibabacloud.com/size)"
 
 // parse_tiers fills st from MEMKIND_MEM_TIERS. Returns 0 or -1 (logged).
 static int parse_tiers(const char *t, unsigned long *limit)
@@ -2568,8 +2607,10 @@ static int parse_tiers(const char *t, unsigned long *limit)
 				memcpy(st.path, v, vn);
 				st.path[vn] = 0;
 			} else if (prefix(q, (size_t)(f - q), "PMEM_SIZE_LIMIT:")) {
-				if (parse_u(v, vn, limit)) {
-					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT must be a decimal byte count below 2^63 (0: 64 GiB): ", t, 0);
+				// Below 2^62: rounded up to 2 MiB, doubled for the scratch
+				// range's address space, it still fits a long.
+				if (parse_u(v, vn, limit) || *limit >= (1UL << 62)) {
+					fail("MEMKIND_MEM_TIERS: PMEM_SIZE_LIMIT must be a decimal byte count below 2^62 (0: 64 GiB): ", t, 0);
 					return -1;
 				}
 			} else if (prefix(q, (size_t)(f - q), "RATIO:")) {
@@ -2782,11 +2823,11 @@ static int setup_fsdax(unsigned long limit)
 	if (r < 0) {
 		struct buf x = {.n = 0};
 		bs(&x, file);
-		bs(&x, " to PMEM_SIZE_LIMIT ");
+		bs(&x, " to ");
 		bu(&x, limit);
-		bs(&x, " bytes");
+		bs(&x, " bytes (PMEM_SIZE_LIMIT, 0 read as 64 GiB, rounded up to 2 MiB)");
 		x.b[x.n] = 0;
-		fail("FS_DAX tier: ftruncate ", x.b, r);
+		fail_hint("FS_DAX tier: ftruncate ", x.b, r, r == -EFBIG ? LOWER_LIMIT : 0);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}
@@ -2803,7 +2844,7 @@ static int setup_fsdax(unsigned long limit)
 		bu(&x, limit);
 		bs(&x, " bytes");
 		x.b[x.n] = 0;
-		fail("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT ", x.b, (long)res);
+		fail_hint("FS_DAX tier: reserve address space for PMEM_SIZE_LIMIT ", x.b, (long)res, LOWER_LIMIT);
 		sc(SYS_close, fd, 0, 0);
 		return -1;
 	}

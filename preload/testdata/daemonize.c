@@ -2,28 +2,29 @@
 // serves: Redis's daemonize yes) with an FS_DAX heap. A forked child places
 // nothing, so the serving process's heap is private, on DRAM, while the
 // parent's log line said PMEM (found in the field re-run, 2026-12-01). The
-// preload must say so in the child: a stderr line and a status file of its
-// own whose heap_shared names the cause. A child that renamed itself (as
-// Redis's save children do) when its parent exited is not a daemon: silent.
+// preload must say so in the child, which made itself a session leader
+// (setsid, as daemonize() and daemon(3) do): a stderr line and a status file
+// of its own whose heap_shared names the cause. A child that did not (a
+// save child whose parent died) is not a daemon: silent.
 //
-// Usage: daemonize PMEMDIR [renamed]. The parent exits 0 at once; the child
-// waits for that, makes an interposed call, checks its status file (or, if
-// renamed, that it has none) and prints "PASS child=PID" (stdout stays open
-// until then, so the caller's read ends with it).
+// Usage: daemonize PMEMDIR [savechild]. The parent exits 0 at once; the
+// child waits for that, makes an interposed call, checks its status file
+// (or, as a save child, that it has none) and prints "PASS child=PID"
+// (stdout stays open until then, so the caller's read ends with it). The
+// child gives up after 30 s (SIGALRM).
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "heapcheck.h"
 
 int main(int argc, char **argv) {
-	CHECK(argc == 2 || argc == 3, "usage: daemonize PMEMDIR [renamed]");
+	CHECK(argc == 2 || argc == 3, "usage: daemonize PMEMDIR [savechild]");
 	const char *dir = argv[1];
-	int renamed = argc == 3 && strcmp(argv[2], "renamed") == 0;
+	int savechild = argc == 3 && strcmp(argv[2], "savechild") == 0;
 	heap = mmap(NULL, (size_t)PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(heap != MAP_FAILED, "mmap heap");
 	CHECK(in_heap_file(heap), "heap placed in the heap file");
@@ -33,8 +34,9 @@ int main(int argc, char **argv) {
 	CHECK(pid >= 0, "fork");
 	if (pid > 0)
 		_exit(0); // the parent leaves at once, as a daemonizing server's does
-	if (renamed)
-		CHECK(prctl(PR_SET_NAME, "save-child", 0, 0, 0) == 0, "rename");
+	alarm(30);
+	if (!savechild)
+		CHECK(setsid() == getpid(), "setsid");
 	for (int k = 0; k < 5000 && getppid() == parent; k++)
 		usleep(1000);
 	CHECK(getppid() != parent, "the parent exited within 5 s");
@@ -47,8 +49,8 @@ int main(int argc, char **argv) {
 		CHECK(heap[i] == 0x5a, "the daemon's heap holds what the parent wrote");
 	char path[512];
 	snprintf(path, sizeof path, "%s/pmem-status.%d", dir, (int)getpid());
-	if (renamed) {
-		CHECK(access(path, F_OK) != 0, "a renamed child (a save child) writes no status file");
+	if (savechild) {
+		CHECK(access(path, F_OK) != 0, "a save child whose parent exited writes no status file");
 	} else {
 		char shared[300];
 		status(dir, "heap_shared", shared, sizeof shared);
