@@ -184,7 +184,7 @@ func TestBenchFork(t *testing.T) {
 			}
 			fmt.Fprintf(&b, "%-13s %-4d %-11.1f %-8.1f %-7d %-9.1f %-7.0f %-8.1f %-8.1f %-8.1f %-8.1f %-8.1f %-11.0f %-7d %-12.1f %-10.1f %-12s %-10s %s\n", m.name, i+1, r.copiedMiB, r.pauseMs, r.wb.pauses, r.wb.totalMs, perGiB,
 				r.wb.phases["longest_stop"], r.wb.phases["stop"], r.wb.phases["write"], r.wb.phases["remap"], r.wb.phases["gaps"], r.wb.phases["precopy"], r.wb.rounds, r.wb.precopyMiB, r.wb.inPauseMiB,
-				r.wb.moves+"/"+r.wb.left, r.wb.lockWaits, metOrMissed(r.restores > 0 && r.copiedMiB > 0 && perGiB <= 100))
+				r.wb.moves+"/"+r.wb.left, r.wb.lockWaits, target(r.restores, r.copiedMiB, perGiB))
 		}
 	}
 	fmt.Fprintf(&b, "total %s; load average (1, 5, 15 min) before %s, after %s (2 shared cores: timings are noisy)\n",
@@ -204,6 +204,17 @@ func loadAvg() string {
 		return strings.Join(f[:3], " ")
 	}
 	return "?"
+}
+
+// target judges one run against the pause target (<= 100 ms per GiB
+// copied). With no copied pages in the sample the write-back had already
+// run when smaps was read (it starts as soon as the child is gone): there
+// is no denominator, so no verdict.
+func target(restores int, copiedMiB, perGiB float64) string {
+	if restores > 0 && copiedMiB == 0 {
+		return "n/a (sampled after the write-back)"
+	}
+	return metOrMissed(restores > 0 && perGiB <= 100)
 }
 
 func metOrMissed(ok bool) string {
