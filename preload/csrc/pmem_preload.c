@@ -663,17 +663,17 @@ static int want(int prot, int flags)
 	       prot == (PROT_READ | PROT_WRITE);
 }
 
+enum { MISS_NO_RUN = 1, MISS_HINT_TAKEN, MISS_MMAP };
+static int place_miss;
+static long place_err; // MISS_MMAP: the mmap's -errno
+
 // place serves a request from the range, or returns NULL (caller falls back).
 // While the heap is private (a child may read the file) the pages are
 // anonymous memory at their place in the range, not the file: the write-back
 // after the last child then copies them into the file at their identity
 // offsets (free offsets are holes) and maps them shared like the rest, so
-// what the allocator maps during a save ends up on PMEM too.
-// Why place returned NULL (under the lock, read right after).
-enum { MISS_NO_RUN = 1, MISS_HINT_TAKEN, MISS_MMAP };
-static int place_miss;
-static long place_err; // MISS_MMAP: the mmap's -errno
-
+// what the allocator maps during a save ends up on PMEM too. Why it
+// returned NULL is in place_miss (read right after, under the lock).
 static void *place(void *hint, size_t len, int flags)
 {
 	size_t n = (len + PAGE - 1) / PAGE;
@@ -786,12 +786,22 @@ static void note_fallback(size_t len)
 	logline(&b);
 }
 
+// on_call runs first in every interposed mmap/munmap/madvise: the parent's
+// write-back where it runs in these calls, a forked child's look at its
+// parent.
+static void on_call(void)
+{
+	if (!st.child) {
+		if (st.privat)
+			maybe_restore();
+	} else if (!st.orphan_noted && st.mode == FSDAX) {
+		note_orphan();
+	}
+}
+
 static void *do_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	if (st.child && !st.orphan_noted && st.mode == FSDAX)
-		note_orphan();
-	if (st.privat && !st.child)
-		maybe_restore();
+	on_call();
 	if (st.mode == FSDAX && len && want(prot, flags) && !st.child &&
 	    (!(flags & MAP_FIXED) || ours(addr, len))) {
 		void *r = 0;
@@ -873,10 +883,7 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 static int do_munmap(void *addr, size_t len)
 {
-	if (st.child && !st.orphan_noted && st.mode == FSDAX)
-		note_orphan();
-	if (st.privat && !st.child)
-		maybe_restore();
+	on_call();
 	if (overlaps(addr, len) && ((uintptr_t)addr % PAGE) == 0 && len) {
 		if (!ours(addr, len))
 			return (int)set_errno(-EINVAL); // straddles our range: never in practice
@@ -904,10 +911,7 @@ EXPORT int munmap(void *addr, size_t len) { return do_munmap(addr, len); }
 
 static int do_madvise(void *addr, size_t len, int advice)
 {
-	if (st.child && !st.orphan_noted && st.mode == FSDAX)
-		note_orphan();
-	if (st.privat && !st.child)
-		maybe_restore();
+	on_call();
 	if (overlaps(addr, len) && ours(addr, len) && ((uintptr_t)addr % PAGE) == 0) {
 		if (advice == MADV_DONTNEED || advice == MADV_FREE || advice == MADV_REMOVE) {
 			len = (len + PAGE - 1) / PAGE * PAGE;
@@ -1324,33 +1328,55 @@ static int takes_pause_sig(unsigned long tid)
 // others_pausable reports whether every other thread accepts PAUSE_SIG; if
 // one blocks it, or waits for it (takes_pause_sig), that thread is
 // remembered: the write-back runs when it calls.
+// The other threads: /proc/self/task read with getdents into a static
+// buffer (nothing here allocates), each numeric entry once, this thread and
+// the write-back thread left out (it blocks every signal, and pauses the
+// others itself or waits for the lock while another does).
+struct others {
+	int fd, self;
+	long n, o; // bytes in buf, offset of the next entry
+	int reads; // bounded: 64 getdents calls of 4 KiB
+	char buf[4096];
+};
+static int others_open(struct others *t)
+{
+	t->self = (int)sc(SYS_gettid, 0, 0, 0);
+	t->n = t->o = 0;
+	t->reads = 0;
+	t->fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+	return t->fd;
+}
+// others_next sets *tid to the next other thread's id; 0 at the end.
+static int others_next(struct others *t, unsigned long *tid)
+{
+	for (;;) {
+		if (t->o >= t->n) {
+			if (t->reads++ == 64 || (t->n = sc(SYS_getdents64, t->fd, t->buf, sizeof t->buf)) <= 0)
+				return 0;
+			t->o = 0;
+		}
+		unsigned short reclen = *(unsigned short *)(t->buf + t->o + 16);
+		const char *name = t->buf + t->o + 19;
+		t->o += reclen;
+		if (name[0] != '.' && parse_u(name, slen(name), tid) == 0 && (int)*tid != t->self && (int)*tid != st.wb_tid)
+			return 1;
+	}
+}
+static void others_close(struct others *t) { sc(SYS_close, t->fd, 0, 0); }
+
 static int others_pausable(void)
 {
-	static char dents[4096];
-	int self = (int)sc(SYS_gettid, 0, 0, 0);
-	int fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-	if (fd < 0)
+	static struct others t;
+	if (others_open(&t) < 0)
 		return 0;
-	for (int k = 0; k < 64; k++) {
-		long r = sc(SYS_getdents64, fd, dents, sizeof dents);
-		if (r <= 0)
-			break;
-		for (long o = 0; o < r;) {
-			unsigned short reclen = *(unsigned short *)(dents + o + 16);
-			const char *name = dents + o + 19;
-			unsigned long tid;
-			// The write-back thread blocks every signal, and pauses the
-			// others itself (or waits for the lock while another does).
-			if (name[0] != '.' && parse_u(name, slen(name), &tid) == 0 && (int)tid != self &&
-			    (int)tid != st.wb_tid && (blocks_pause(tid) || takes_pause_sig(tid))) {
-				sc(SYS_close, fd, 0, 0);
-				blocker = (int)tid; // retry when that thread calls us
-				return 0;
-			}
-			o += reclen;
+	for (unsigned long tid; others_next(&t, &tid);) {
+		if (blocks_pause(tid) || takes_pause_sig(tid)) {
+			others_close(&t);
+			blocker = (int)tid; // retry when that thread calls us
+			return 0;
 		}
 	}
-	sc(SYS_close, fd, 0, 0);
+	others_close(&t);
 	blocker = 0;
 	return 1;
 }
@@ -1406,8 +1432,8 @@ static int signalled_before(int tid)
 
 static int pause_others(long limit_us)
 {
-	static char dents[4096];
-	int self = (int)sc(SYS_gettid, 0, 0, 0), n = 0;
+	static struct others t;
+	int n = 0;
 	if (++pause_gen == 0) { // wrapped: slots of pause 0 would look current
 		memset(pause_slot, 0, sizeof pause_slot);
 		pause_gen = 1;
@@ -1416,30 +1442,16 @@ static int pause_others(long limit_us)
 	__atomic_store_n(&hold, 1, __ATOMIC_SEQ_CST);
 	long t0 = 0;
 	for (int pass = 0; pass < 64; pass++) {
-		int fd = sys_open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
-		if (fd < 0) {
+		if (others_open(&t) < 0) {
 			resume_others();
 			return -1;
 		}
 		int fresh = 0, fail = 0;
-		for (int k = 0; k < 64 && !fail; k++) {
-			long r = sc(SYS_getdents64, fd, dents, sizeof dents);
-			if (r <= 0)
-				break;
-			for (long o = 0; o < r && !fail;) {
-				unsigned short reclen = *(unsigned short *)(dents + o + 16);
-				const char *name = dents + o + 19;
-				unsigned long tid;
-				o += reclen;
-				if (name[0] == '.' || parse_u(name, slen(name), &tid) || (int)tid == self || (int)tid == st.wb_tid)
-					continue;
-				int seen = signalled_before((int)tid);
-				if (seen > 0)
-					continue;
-				if (seen < 0) {
-					fail = -2;
-					break;
-				}
+		for (unsigned long tid; !fail && others_next(&t, &tid);) {
+			int seen = signalled_before((int)tid);
+			if (seen < 0) {
+				fail = -2;
+			} else if (!seen) {
 				// ESRCH: the thread has exited. Any other failure
 				// (EAGAIN: RLIMIT_SIGPENDING used up) would leave a
 				// running thread out of the pause: give the pause up.
@@ -1452,7 +1464,7 @@ static int pause_others(long limit_us)
 				}
 			}
 		}
-		sc(SYS_close, fd, 0, 0);
+		others_close(&t);
 		if (fail) {
 			resume_others();
 			return fail;
